@@ -1,0 +1,45 @@
+"""Timeouts, retry limits and polling defaults, in one place; each is overridable per call."""
+
+from __future__ import annotations
+
+DEFAULT_BASE_URL = "https://gateway.pixazo.ai"
+"""The public gateway's origin."""
+
+API_KEY_HEADER = "Ocp-Apim-Subscription-Key"
+WEBHOOK_URL_HEADER = "X-Webhook-URL"
+WEBHOOK_MODE_HEADER = "X-Webhook-Mode"
+
+DEFAULT_TIMEOUT_SECONDS = 30.0
+"""Read/write timeout of one gateway request."""
+DEFAULT_CONNECT_TIMEOUT_SECONDS = 10.0
+DEFAULT_MEDIA_TIMEOUT_SECONDS = 120.0
+"""Read timeout between two chunks of a media download."""
+
+DEFAULT_MAX_RETRIES = 4
+"""Retries of one gateway call on 429, 5xx and connection errors (status reads)."""
+DEFAULT_RETRY_INITIAL_DELAY = 0.5
+DEFAULT_RETRY_MAX_DELAY = 30.0
+DEFAULT_RETRY_JITTER = 0.25
+"""Fraction of each backoff delay added at random, so workers do not retry in step."""
+MAX_RETRY_AFTER_SECONDS = 300.0
+"""A Retry-After longer than this is treated as this long."""
+
+DEFAULT_POLL_INTERVAL = 2.0
+"""First wait between two status reads; it grows towards the cap."""
+DEFAULT_MAX_POLL_INTERVAL = 8.0
+"""Cap of the wait between status reads, within the documented 5 to 10 s."""
+DEFAULT_POLL_BACKOFF = 1.5
+DEFAULT_WAIT_TIMEOUT_SECONDS = 1800.0
+"""How long a wait for one generation may last before it raises a resumable error."""
+
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+"""Bytes per chunk when streaming media."""
+DEFAULT_MEDIA_RESUMES = 3
+"""Range requests made to resume a truncated media download."""
+
+DEFAULT_S3_MULTIPART_THRESHOLD = 16 * 1024 * 1024
+"""Files larger than this go to S3 as a multipart upload."""
+DEFAULT_S3_MULTIPART_CHUNKSIZE = 8 * 1024 * 1024
+"""Bytes per part of a multipart upload to S3 (S3's minimum part is 5 MiB)."""
+DEFAULT_PRESIGN_EXPIRES_SECONDS = 3600
+"""Lifetime of the presigned https link to a video stored on S3, in seconds."""

@@ -1,0 +1,105 @@
+"""The credentials Block: where the subscription key and gateway settings live."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+from prefect.blocks.abstract import CredentialsBlock
+from pydantic import Field, HttpUrl, SecretStr
+
+from prefect_kandinsky._constants import (
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT_SECONDS,
+)
+from prefect_kandinsky.client import KandinskyClient
+from prefect_kandinsky.models import DEFAULT_MODEL_ID
+
+API_KEY_ENV = "KANDINSKY_API_KEY"
+"""Environment variable read by ``KandinskyCredentials.from_env``."""
+BASE_URL_ENV = "KANDINSKY_BASE_URL"
+
+
+class KandinskyCredentials(CredentialsBlock):
+    """Credentials and settings for the Kandinsky 5.0 Pro gateway.
+
+    The API key is stored as a secret and sent only to the gateway.
+
+    Example:
+        Load stored credentials and build a client:
+        ```python
+        from prefect_kandinsky import KandinskyCredentials
+
+        credentials = KandinskyCredentials.load("BLOCK_NAME")
+        async with credentials.get_client() as client:
+            status = await client.get_status("kandinsky-5-0-pro-953_...")
+        ```
+    """
+
+    _block_type_name = "Kandinsky Credentials"
+    _block_type_slug = "kandinsky-credentials"
+    _logo_url = HttpUrl(
+        "https://raw.githubusercontent.com/prefect-kandinsky/prefect-kandinsky/main/prefect_kandinsky/assets/logo.png"  # noqa: E501
+    )
+    _documentation_url = HttpUrl("https://github.com/prefect-kandinsky/prefect-kandinsky#readme")
+    _description = "Subscription key and gateway settings for the Kandinsky 5.0 Pro API."
+
+    api_key: SecretStr = Field(
+        description="The gateway subscription key, sent as Ocp-Apim-Subscription-Key.",
+    )
+    base_url: str = Field(
+        default=DEFAULT_BASE_URL,
+        description="The gateway's origin; point it at an emulator for offline runs.",
+    )
+    model_id: str = Field(
+        default=DEFAULT_MODEL_ID,
+        description="The gateway's model id for Kandinsky 5.0 Pro.",
+    )
+    timeout_seconds: float = Field(
+        default=DEFAULT_TIMEOUT_SECONDS,
+        gt=0,
+        description="Read and write timeout of one gateway request, in seconds.",
+    )
+    max_retries: int = Field(
+        default=DEFAULT_MAX_RETRIES,
+        ge=0,
+        description="Retries of one gateway call on 429, 5xx and connection errors.",
+    )
+
+    @classmethod
+    def from_env(cls) -> KandinskyCredentials:
+        """Build credentials from ``KANDINSKY_API_KEY`` (and ``KANDINSKY_BASE_URL``)."""
+        import os
+
+        key = os.environ.get(API_KEY_ENV, "")
+        if not key.strip():
+            raise ValueError(
+                f"{API_KEY_ENV} is not set: export your gateway subscription key, or load a "
+                "saved block with KandinskyCredentials.load(...)"
+            )
+        return cls(
+            api_key=SecretStr(key),
+            base_url=os.environ.get(BASE_URL_ENV, DEFAULT_BASE_URL),
+        )
+
+    def get_client(
+        self,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        **overrides: Any,
+    ) -> KandinskyClient:
+        """Return a configured ``KandinskyClient``; keyword arguments override its settings."""
+        settings: dict[str, Any] = {
+            "api_key": self.api_key,
+            "base_url": self.base_url,
+            "model_id": self.model_id,
+            "timeout": self.timeout_seconds,
+            "max_retries": self.max_retries,
+            "transport": transport,
+            "logger": logger,
+        }
+        settings.update(overrides)
+        return KandinskyClient(**settings)

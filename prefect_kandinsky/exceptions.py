@@ -1,0 +1,198 @@
+"""Errors raised by prefect-kandinsky.
+
+```
+KandinskyError
+├── KandinskyAPIError                   the gateway answered with an error status
+│   ├── KandinskyBadRequestError        400 (including "Model not found")
+│   ├── KandinskyAuthenticationError    401
+│   ├── KandinskyInsufficientBalanceError  402
+│   ├── KandinskyPermissionDeniedError  403
+│   ├── KandinskyNotFoundError          404
+│   ├── KandinskyRateLimitError         429, with retry_after seconds
+│   └── KandinskyServerError            5xx
+├── KandinskyConnectionError            no usable answer: refused, reset, timed out
+│   ├── KandinskyTimeoutError           the request timed out
+│   └── KandinskySubmitUncertainError   a submit may have queued a job; never resent
+├── KandinskyJobError                   a generation did not complete
+│   ├── KandinskyGenerationFailedError  status FAILED, with the gateway's error text
+│   ├── KandinskySystemError            status ERROR (system error, documented as not charged)
+│   └── KandinskyWaitTimeoutError       the wait deadline passed while the job still runs
+└── KandinskyMediaError                 downloading or storing the output media failed
+    └── KandinskyMediaExpiredError      the CDN link answered 403/404: it has expired
+```
+
+Every error carries the request id where one is known. No message ever contains the API key.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prefect_kandinsky.models import JobStatus
+
+
+class KandinskyError(Exception):
+    """Base class of every error raised by prefect-kandinsky."""
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only constructors do not survive pickling by default; Prefect pickles
+        # task exceptions into results, so rebuild from the stored attributes.
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
+
+def _rebuild(cls: type[KandinskyError], state: dict[str, object]) -> KandinskyError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, state.get("message", ""))
+    error.__dict__.update(state)
+    return error
+
+
+class KandinskyAPIError(KandinskyError):
+    """The gateway answered with an error status code."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        error: str | None = None,
+        gateway_message: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.status_code = status_code
+        self.error = error
+        self.gateway_message = gateway_message
+
+
+class KandinskyBadRequestError(KandinskyAPIError):
+    """400: the gateway rejected the request (bad parameters, model not found)."""
+
+
+class KandinskyAuthenticationError(KandinskyAPIError):
+    """401: the subscription key is missing or wrong."""
+
+
+class KandinskyInsufficientBalanceError(KandinskyAPIError):
+    """402: the wallet does not hold enough balance for this generation."""
+
+
+class KandinskyPermissionDeniedError(KandinskyAPIError):
+    """403: the subscription key may not use this model or endpoint."""
+
+
+class KandinskyNotFoundError(KandinskyAPIError):
+    """404: no such request id or endpoint."""
+
+
+class KandinskyRateLimitError(KandinskyAPIError):
+    """429: too many requests; ``retry_after`` holds the seconds the gateway asked for."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int = 429,
+        error: str | None = None,
+        gateway_message: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            status_code=status_code,
+            error=error,
+            gateway_message=gateway_message,
+            request_id=request_id,
+        )
+        self.retry_after = retry_after
+
+
+class KandinskyServerError(KandinskyAPIError):
+    """5xx: the gateway failed."""
+
+
+class KandinskyConnectionError(KandinskyError):
+    """The gateway could not be reached or the connection broke."""
+
+
+class KandinskyTimeoutError(KandinskyConnectionError):
+    """A request to the gateway timed out."""
+
+
+class KandinskySubmitUncertainError(KandinskyConnectionError):
+    """A submit failed after the gateway may have queued the job.
+
+    It is never resent automatically: look the job up on the gateway (or wait for its
+    webhook) before submitting again, or you may pay twice.
+    """
+
+
+class KandinskyJobError(KandinskyError):
+    """A generation ended without a video, or the wait for it ended first."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request_id: str,
+        status: JobStatus | None = None,
+        error: str | None = None,
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.status = status
+        self.error = error
+
+
+class KandinskyGenerationFailedError(KandinskyJobError):
+    """The generation ended FAILED; ``error`` holds the gateway's text."""
+
+
+class KandinskySystemError(KandinskyJobError):
+    """The generation ended ERROR, a system error the gateway documents as not charged."""
+
+
+class KandinskyWaitTimeoutError(KandinskyJobError):
+    """The wait deadline passed while the job was still QUEUED or PROCESSING.
+
+    The job goes on at the gateway: resume waiting with ``request_id`` instead of
+    submitting again.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request_id: str,
+        status: JobStatus | None = None,
+        error: str | None = None,
+        waited_seconds: float = 0.0,
+    ) -> None:
+        super().__init__(message, request_id=request_id, status=status, error=error)
+        self.waited_seconds = waited_seconds
+
+
+class KandinskyMediaError(KandinskyError):
+    """Downloading or storing the output media failed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request_id: str | None = None,
+        url: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.url = url
+        self.status_code = status_code
+
+
+class KandinskyMediaExpiredError(KandinskyMediaError):
+    """The CDN answered 403 or 404 for a media URL: the link has expired or was removed."""
