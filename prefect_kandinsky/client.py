@@ -222,7 +222,7 @@ class MediaStream:
             self._response = await self._client._open_media_response(
                 self.url, start=received, request_id=self._request_id
             )
-            if self._response.status_code != 206:
+            if received and self._response.status_code != 206:
                 await self._response.aclose()
                 raise KandinskyMediaError(
                     f"Download of {self.url} was cut at {received} bytes and the CDN "
@@ -586,7 +586,10 @@ class KandinskyClient:
     async def _open_media_response(
         self, url: str, *, start: int, request_id: str | None
     ) -> httpx.Response:
-        headers = {"Range": f"bytes={start}-"} if start else {}
+        # identity: a compressed body would break the length check and the Range offsets.
+        headers = {"Accept-Encoding": "identity"}
+        if start:
+            headers["Range"] = f"bytes={start}-"
         attempt = 0
         while True:
             request = self._http.build_request(
