@@ -1,0 +1,160 @@
+"""Reusable flows built from the three tasks; each also works as a subflow of your own flows."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from prefect import flow
+from prefect.blocks.core import Block
+from prefect.filesystems import WritableFileSystem
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run as runtime_flow_run
+from prefect_aws import S3Bucket
+from pydantic import Field
+
+from prefect_kandinsky._constants import DEFAULT_POLL_INTERVAL, DEFAULT_WAIT_TIMEOUT_SECONDS
+from prefect_kandinsky.credentials import KandinskyCredentials
+from prefect_kandinsky.exceptions import KandinskySystemError
+from prefect_kandinsky.models import (
+    Acceleration,
+    PersistedVideo,
+    Resolution,
+    VideoRequest,
+)
+from prefect_kandinsky.storage import Destination
+from prefect_kandinsky.tasks import await_video, persist_video, submit_video
+
+_BLOCK_REF = re.compile(r"^(?P<slug>[a-z0-9-]+)/(?P<name>[A-Za-z0-9_.-]+)$")
+_STORAGE_BLOCK_SLUGS = frozenset(
+    {"s3-bucket", "local-file-system", "remote-file-system", "gcs-bucket", "smb"}
+)
+
+
+async def load_credentials(
+    credentials: KandinskyCredentials | str | None,
+) -> KandinskyCredentials:
+    """A credentials block as given, loaded by name, or built from ``KANDINSKY_API_KEY``."""
+    if isinstance(credentials, KandinskyCredentials):
+        return credentials
+    if credentials:
+        return await KandinskyCredentials.aload(credentials)
+    return KandinskyCredentials.from_env()
+
+
+async def load_destination(destination: str | Block) -> Destination:
+    """A path as given, or a storage block named like ``s3-bucket/videos``."""
+    if isinstance(destination, S3Bucket | WritableFileSystem):
+        return destination
+    if isinstance(destination, Block):
+        raise TypeError(
+            f"destination must be a path, an S3Bucket or a WritableFileSystem block; "
+            f"got a {type(destination).__name__}"
+        )
+    match = _BLOCK_REF.match(destination)
+    if match and match.group("slug") in _STORAGE_BLOCK_SLUGS:
+        block = await Block.aload(destination)
+        if not isinstance(block, S3Bucket | WritableFileSystem):
+            raise TypeError(f"Block {destination!r} is not a storage block")
+        return block
+    return destination
+
+
+def _flow_run_name() -> str:
+    prompt = str(runtime_flow_run.parameters.get("prompt", "video"))
+    words = re.findall(r"[a-z0-9]+", prompt.lower())
+    return "generate-video-" + ("-".join(words)[:40].strip("-") or "video")
+
+
+@flow(name="generate-video", flow_run_name=_flow_run_name)
+async def generate_video(
+    prompt: str,
+    image_url: str,
+    resolution: Resolution = "512P",
+    duration: Annotated[int, Field(ge=1, le=10)] = 5,
+    num_inference_steps: Annotated[int, Field(ge=20, le=50)] = 28,
+    acceleration: Acceleration = "regular",
+    destination: str | S3Bucket = "output",
+    credentials: KandinskyCredentials | str | None = None,
+    idempotency_key: str | None = None,
+    wait_timeout_seconds: float = DEFAULT_WAIT_TIMEOUT_SECONDS,
+    poll_interval_seconds: float = DEFAULT_POLL_INTERVAL,
+    resubmit_on_system_error: bool = False,
+) -> PersistedVideo:
+    """Generate one video from an image and a prompt, and store it.
+
+    Submits once (per flow run, or per ``idempotency_key`` across runs), waits for the
+    render, streams the MP4 to ``destination`` and publishes link and summary artifacts.
+
+    Args:
+        prompt: The motion, camera movement and mood to generate.
+        image_url: Public http(s) URL of the image to animate.
+        resolution: Output resolution preset.
+        duration: Video length in seconds (3, 5 and 10 are the documented values).
+        num_inference_steps: Denoising steps, 20 to 50.
+        acceleration: Speed versus quality.
+        destination: A directory or file path, an ``S3Bucket``, or a block name such as
+            ``s3-bucket/videos``.
+        credentials: A ``KandinskyCredentials`` block or its name; ``KANDINSKY_API_KEY``
+            when omitted.
+        idempotency_key: Makes the submit happen once across flow runs, e.g. one per
+            schedule slot.
+        wait_timeout_seconds: How long to wait for the render before failing resumably.
+        poll_interval_seconds: First wait between two status reads.
+        resubmit_on_system_error: Submit once more if the gateway reports a system error
+            (ERROR, documented as not charged).
+
+    Returns:
+        The stored video.
+
+    Example:
+        Use it as a subflow:
+        ```python
+        from prefect import flow
+        from prefect_kandinsky.flows import generate_video
+
+        @flow
+        async def weekly_teaser(image_url: str):
+            video = await generate_video(
+                prompt="Slow push-in on the product, soft studio light.",
+                image_url=image_url,
+                credentials="BLOCK_NAME",
+                destination="s3-bucket/marketing-videos",
+            )
+            return video.uri
+        ```
+    """
+    logger = get_run_logger()
+    request = VideoRequest(
+        prompt=prompt,
+        image_url=image_url,
+        resolution=resolution,
+        duration=duration,
+        num_inference_steps=num_inference_steps,
+        acceleration=acceleration,
+    )
+    creds = await load_credentials(credentials)
+    target = await load_destination(destination)
+    job = await submit_video(request, creds, idempotency_key=idempotency_key)
+    try:
+        video = await await_video(
+            job,
+            creds,
+            timeout_seconds=wait_timeout_seconds,
+            poll_interval=poll_interval_seconds,
+        )
+    except KandinskySystemError as exc:
+        if not resubmit_on_system_error:
+            raise
+        logger.warning("%s; submitting once more (system errors are not charged)", exc)
+        scope = idempotency_key or f"flow-run-{runtime_flow_run.id}"
+        job = await submit_video(
+            request, creds, idempotency_key=f"{scope}-resubmit-after-system-error"
+        )
+        video = await await_video(
+            job,
+            creds,
+            timeout_seconds=wait_timeout_seconds,
+            poll_interval=poll_interval_seconds,
+        )
+    return await persist_video(video, target, creds)

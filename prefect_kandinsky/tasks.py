@@ -1,0 +1,512 @@
+"""Prefect tasks: ``submit_video``, ``await_video``, ``persist_video``.
+
+Each task is a thin wrapper over the client and the storage module, cached so that a retried
+task, a retried flow run or a re-run with the same idempotency key never pays twice:
+
+- ``submit_video`` is cached per flow run and request, or across runs by ``idempotency_key``;
+- ``await_video`` is cached by request id, and only a COMPLETED generation is cached;
+- ``persist_video`` is cached by request id, destination and file name.
+
+Cache keys never contain credentials. Results go to Prefect's result storage: local by default;
+set ``PREFECT_DEFAULT_RESULT_STORAGE_BLOCK`` (for example to a saved ``S3Bucket``) when workers
+on several machines must share them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from prefect import Task, task
+from prefect.cache_policies import CachePolicy
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.context import TaskRunContext
+from prefect.logging import get_run_logger
+from prefect.runtime import task_run as runtime_task_run
+from prefect.utilities.hashing import hash_objects
+
+from prefect_kandinsky._constants import (
+    DEFAULT_MAX_POLL_INTERVAL,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_WAIT_TIMEOUT_SECONDS,
+)
+from prefect_kandinsky.artifacts import WaitProgress, publish_video_artifacts
+from prefect_kandinsky.client import KandinskyClient
+from prefect_kandinsky.credentials import KandinskyCredentials
+from prefect_kandinsky.exceptions import (
+    KandinskyAPIError,
+    KandinskyConnectionError,
+    KandinskyMediaError,
+    KandinskyMediaExpiredError,
+    KandinskyRateLimitError,
+    KandinskyServerError,
+    KandinskySubmitUncertainError,
+)
+from prefect_kandinsky.models import (
+    CompletedVideo,
+    JobStatus,
+    PersistedVideo,
+    StatusEvent,
+    StatusResponse,
+    VideoJob,
+    VideoRequest,
+)
+from prefect_kandinsky.storage import Destination, destination_key, persist_media
+
+AWAIT_CACHE_EXPIRATION = timedelta(hours=6)
+"""How long a completed status is reused. Re-reading a status is free, and it refreshes
+CDN links, which expire; keep this shorter than the CDN links' lifetime."""
+
+_REQUEST_FIELDS = (
+    "prompt",
+    "image_url",
+    "resolution",
+    "duration",
+    "num_inference_steps",
+    "acceleration",
+)
+
+
+def _credentials(credentials: KandinskyCredentials | None) -> KandinskyCredentials:
+    return credentials if credentials is not None else KandinskyCredentials.from_env()
+
+
+def _request_from_inputs(inputs: dict[str, Any]) -> VideoRequest:
+    request = inputs.get("request")
+    if isinstance(request, VideoRequest):
+        return request
+    fields = dict(request or {})
+    fields.update({k: inputs[k] for k in _REQUEST_FIELDS if inputs.get(k) is not None})
+    return VideoRequest(**fields)
+
+
+def _request_id(job: VideoJob | CompletedVideo | str) -> str:
+    return job if isinstance(job, str) else job.request_id
+
+
+def _gateway_identity(credentials: KandinskyCredentials | None) -> tuple[str, str]:
+    # The gateway's origin and model id, never the key: two gateways may reuse request ids.
+    if credentials is None:
+        return ("env", "")
+    return (credentials.base_url.rstrip("/"), credentials.model_id)
+
+
+# -- cache policies ----------------------------------------------------------------------
+
+
+@dataclass
+class SubmitCachePolicy(CachePolicy):
+    """Key a submit by request and idempotency key, or by request within one flow run."""
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        try:
+            request = _request_from_inputs(inputs)
+        except ValueError:
+            return None  # the task body raises the validation error
+        scope: object = inputs.get("idempotency_key")
+        if not scope:
+            run = task_ctx.task_run
+            scope = ("flow-run", str(run.flow_run_id or run.id))
+        return hash_objects(
+            "kandinsky-submit",
+            scope,
+            request.to_payload(),
+            _gateway_identity(inputs.get("credentials")),
+            inputs.get("webhook_url"),
+        )
+
+
+@dataclass
+class AwaitCachePolicy(CachePolicy):
+    """Key a wait by the generation's request id alone."""
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        job = inputs.get("job")
+        if not job:
+            return None
+        return hash_objects(
+            "kandinsky-await", _request_id(job), _gateway_identity(inputs.get("credentials"))
+        )
+
+
+@dataclass
+class PersistCachePolicy(CachePolicy):
+    """Key a persist by request id, destination and file name."""
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        video = inputs.get("video")
+        if not isinstance(video, CompletedVideo):
+            return None
+        return hash_objects(
+            "kandinsky-persist",
+            video.request_id,
+            destination_key(inputs.get("destination", "output")),
+            inputs.get("filename"),
+        )
+
+
+SUBMIT_CACHE_POLICY = SubmitCachePolicy()
+AWAIT_CACHE_POLICY = AwaitCachePolicy()
+PERSIST_CACHE_POLICY = PersistCachePolicy()
+
+# -- retry conditions --------------------------------------------------------------------
+
+
+def _exception(state: State[Any]) -> BaseException | None:
+    data = state.data
+    return data if isinstance(data, BaseException) else None
+
+
+async def retry_submit(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry a submit only where the gateway cannot have queued the job."""
+    exc = _exception(state)
+    if isinstance(exc, KandinskySubmitUncertainError | KandinskyServerError):
+        return False  # the job may exist: never pay twice
+    return isinstance(exc, KandinskyRateLimitError | KandinskyConnectionError)
+
+
+async def retry_await(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry a wait on transient gateway faults; never on FAILED, ERROR or 4xx."""
+    exc = _exception(state)
+    if isinstance(exc, KandinskyRateLimitError | KandinskyServerError):
+        return True
+    return isinstance(exc, KandinskyConnectionError)
+
+
+async def retry_persist(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry a persist on download faults, not on an expired link or a refused overwrite."""
+    exc = _exception(state)
+    if isinstance(exc, KandinskyMediaExpiredError):
+        return False
+    if isinstance(exc, KandinskyMediaError):
+        if exc.url is None:
+            return False  # a destination conflict: the same bytes would conflict again
+        return exc.status_code is None or exc.status_code >= 500 or exc.status_code == 429
+    return isinstance(exc, KandinskyConnectionError | OSError) and not isinstance(
+        exc, KandinskyAPIError
+    )
+
+
+# -- task run names ----------------------------------------------------------------------
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    words = "".join(c if c.isalnum() else "-" for c in text.lower()).split("-")
+    return "-".join(w for w in words if w)[:limit].strip("-") or "video"
+
+
+def _submit_run_name() -> str:
+    params = runtime_task_run.parameters
+    try:
+        prompt = _request_from_inputs(params).prompt
+    except ValueError:
+        prompt = str(params.get("prompt") or "invalid-request")
+    return f"submit-video-{_slug(prompt)}"
+
+
+def _await_run_name() -> str:
+    job = runtime_task_run.parameters.get("job")
+    return f"await-video-{_request_id(job) if job else 'unknown'}"
+
+
+def _persist_run_name() -> str:
+    video = runtime_task_run.parameters.get("video")
+    return f"persist-video-{video.request_id if isinstance(video, CompletedVideo) else 'unknown'}"
+
+
+# -- tasks -------------------------------------------------------------------------------
+
+
+@task(
+    name="submit-video",
+    task_run_name=_submit_run_name,
+    cache_policy=SUBMIT_CACHE_POLICY,
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=retry_submit,
+    tags=["kandinsky", "kandinsky-submit"],
+)
+async def submit_video(
+    request: VideoRequest | dict[str, Any] | None = None,
+    credentials: KandinskyCredentials | None = None,
+    *,
+    prompt: str | None = None,
+    image_url: str | None = None,
+    resolution: str | None = None,
+    duration: str | int | None = None,
+    num_inference_steps: int | None = None,
+    acceleration: str | None = None,
+    idempotency_key: str | None = None,
+    webhook_url: str | None = None,
+    webhook_mode: str | None = None,
+) -> VideoJob:
+    """Submit one image-to-video generation; the gateway bills it.
+
+    The request is validated before any network call. Within one flow run the same request
+    is submitted once, however often the task or the flow run is retried; an
+    ``idempotency_key`` makes that hold across flow runs (one video per schedule slot).
+
+    Args:
+        request: A ``VideoRequest`` (or a dict of its fields).
+        credentials: The gateway credentials; ``KANDINSKY_API_KEY`` when omitted.
+        prompt: The motion to generate, instead of ``request``.
+        image_url: The input image's URL, instead of ``request``.
+        resolution: "256P", "512P" or "1024P".
+        duration: Seconds, "5s" or 5.
+        num_inference_steps: 20 to 50.
+        acceleration: "regular", "fast" or "ultra_fast".
+        idempotency_key: A key that makes the submit happen once across flow runs.
+        webhook_url: An https endpoint the gateway POSTs the final status to.
+        webhook_mode: "terminal" or "sync".
+
+    Returns:
+        The queued job: request id, polling URL, the request and its cost estimate.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_kandinsky import KandinskyCredentials, submit_video
+
+        @flow
+        async def kick_off():
+            credentials = await KandinskyCredentials.load("BLOCK_NAME")
+            job = await submit_video(
+                prompt="The lighthouse beam sweeps over a stormy sea.",
+                image_url="https://example.com/lighthouse.jpg",
+                credentials=credentials,
+            )
+            return job.request_id
+        ```
+    """
+    video = _request_from_inputs(
+        {
+            "request": request,
+            "prompt": prompt,
+            "image_url": image_url,
+            "resolution": resolution,
+            "duration": duration,
+            "num_inference_steps": num_inference_steps,
+            "acceleration": acceleration,
+        }
+    )
+    creds = _credentials(credentials)
+    logger = get_run_logger()
+    logger.info(
+        "Submitting %s %s video (estimated cost %s)",
+        video.resolution,
+        video.duration,
+        video.estimated_cost_label,
+    )
+    async with creds.get_client(logger=logger) as client:
+        answer = await client.submit(
+            video,
+            webhook_url=webhook_url,
+            webhook_mode=webhook_mode,  # type: ignore[arg-type]
+        )
+    logger.info("Gateway queued %s (status %s)", answer.request_id, answer.status.value)
+    return VideoJob(
+        request_id=answer.request_id,
+        polling_url=answer.polling_url,
+        request=video,
+        model_id=creds.model_id,
+        estimated_cost_usd=video.estimated_cost_usd,
+        submitted_at=datetime.now(timezone.utc),
+        idempotency_key=idempotency_key,
+    )
+
+
+def _completed(
+    status: StatusResponse, request: VideoRequest | None, timeline: list[StatusEvent]
+) -> CompletedVideo:
+    seen = {event.status: event.at for event in timeline}
+    started = seen.get(JobStatus.PROCESSING)
+    created = status.created_at
+    finished = status.completed_at or seen.get(JobStatus.COMPLETED)
+    queue = (started - created).total_seconds() if started and created else None
+    processing = (finished - started).total_seconds() if finished and started else None
+    return CompletedVideo(
+        request_id=status.request_id,
+        status=status,
+        media_urls=status.media_urls,
+        media_type=status.output.media_type if status.output else None,
+        request=request,
+        timeline=timeline,
+        queue_seconds=max(queue, 0.0) if queue is not None else None,
+        processing_seconds=max(processing, 0.0) if processing is not None else None,
+    )
+
+
+@task(
+    name="await-video",
+    task_run_name=_await_run_name,
+    cache_policy=AWAIT_CACHE_POLICY,
+    cache_expiration=AWAIT_CACHE_EXPIRATION,
+    retries=3,
+    retry_delay_seconds=[5, 30, 120],
+    retry_condition_fn=retry_await,
+    tags=["kandinsky"],
+)
+async def await_video(
+    job: VideoJob | str,
+    credentials: KandinskyCredentials | None = None,
+    *,
+    timeout_seconds: float = DEFAULT_WAIT_TIMEOUT_SECONDS,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
+) -> CompletedVideo:
+    """Wait until a generation completes; show its progress as an artifact.
+
+    Only status changes are logged. A completed result is cached by request id, so a
+    re-run neither polls nor waits again.
+
+    Args:
+        job: The job from ``submit_video``, or a request id (to resume a wait).
+        credentials: The gateway credentials; ``KANDINSKY_API_KEY`` when omitted.
+        timeout_seconds: Seconds to wait before raising ``KandinskyWaitTimeoutError``.
+        poll_interval: First wait between two status reads, in seconds.
+        max_poll_interval: Cap of the wait between status reads, in seconds.
+
+    Returns:
+        The completed video: media URLs, media type, timeline, queue and processing seconds.
+
+    Raises:
+        KandinskyGenerationFailedError: the generation FAILED (with the gateway's text).
+        KandinskySystemError: the generation ended ERROR (not charged).
+        KandinskyWaitTimeoutError: the deadline passed; await the same request id again.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_kandinsky import KandinskyCredentials, await_video
+
+        @flow
+        async def resume(request_id: str):
+            credentials = await KandinskyCredentials.load("BLOCK_NAME")
+            video = await await_video(request_id, credentials)
+            return video.media_url
+        ```
+    """
+    request_id = _request_id(job)
+    creds = _credentials(credentials)
+    logger = get_run_logger()
+    progress = WaitProgress(request_id)
+    timeline: list[StatusEvent] = []
+    started = time.monotonic()
+
+    def on_change(status: StatusResponse) -> None:
+        timeline.append(StatusEvent(status=status.status, at=datetime.now(timezone.utc)))
+        logger.info("Generation %s is %s", request_id, status.status.value)
+
+    async def on_poll(status: StatusResponse) -> None:
+        await progress.update(status, time.monotonic() - started)
+
+    async with creds.get_client(logger=logger) as client:
+        final = await client.wait(
+            request_id,
+            timeout=timeout_seconds,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            on_change=on_change,
+            on_poll=on_poll,
+        )
+    request = job.request if isinstance(job, VideoJob) else None
+    return _completed(final, request, timeline)
+
+
+async def _publish_on_completion(
+    task: Task[..., Any], task_run: TaskRun, state: State[Any]
+) -> None:
+    # A hook runs on fresh and cached completions alike, so the artifacts appear in every
+    # run that uses the video, even when the persist itself was served from the cache.
+    persisted = await state.aresult()
+    if isinstance(persisted, PersistedVideo):
+        await publish_video_artifacts(persisted, persisted.video)
+
+
+@task(
+    name="persist-video",
+    task_run_name=_persist_run_name,
+    cache_policy=PERSIST_CACHE_POLICY,
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=retry_persist,
+    on_completion=[_publish_on_completion],
+    tags=["kandinsky"],
+)
+async def persist_video(
+    video: CompletedVideo,
+    destination: Destination = "output",
+    credentials: KandinskyCredentials | None = None,
+    *,
+    filename: str | None = None,
+    overwrite: bool = False,
+) -> PersistedVideo:
+    """Download a completed video to a local path, an ``S3Bucket`` or a Prefect filesystem.
+
+    The media is streamed in constant memory, hashed while written, checked against its
+    declared length and resumed with Range requests if cut. The subscription key is never
+    sent to the CDN. Link and summary artifacts are published on every completion,
+    cached or not.
+
+    Args:
+        video: The completed video from ``await_video``.
+        destination: A directory or file path, an ``S3Bucket``, or a ``WritableFileSystem``.
+        credentials: Only the gateway's timeouts are used; no key is sent to the CDN.
+        filename: The file name; by default the request id with the media's extension.
+        overwrite: Replace an existing file with other content instead of failing.
+
+    Returns:
+        Where the video is: URI, size, sha256, media type and probed video facts.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_aws import S3Bucket
+        from prefect_kandinsky import KandinskyCredentials, await_video, persist_video
+
+        @flow
+        async def store(request_id: str):
+            credentials = await KandinskyCredentials.load("BLOCK_NAME")
+            video = await await_video(request_id, credentials)
+            bucket = await S3Bucket.load("videos")
+            return await persist_video(video, bucket)
+        ```
+    """
+    logger = get_run_logger()
+    client = (
+        credentials.get_client(logger=logger)
+        if credentials is not None
+        else KandinskyClient(api_key=None, logger=logger)
+    )
+    async with client:
+        persisted = await persist_media(
+            client, video, destination, filename=filename, overwrite=overwrite
+        )
+    logger.info(
+        "Stored %s at %s (%d bytes, sha256 %s)",
+        video.request_id,
+        persisted.uri,
+        persisted.size_bytes,
+        persisted.sha256[:12],
+    )
+    return persisted.model_copy(update={"video": video})

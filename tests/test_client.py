@@ -1,0 +1,417 @@
+"""The gateway client against the emulator over real HTTP; respx only for what it cannot do."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from prefect_kandinsky import (
+    JobStatus,
+    KandinskyAuthenticationError,
+    KandinskyBadRequestError,
+    KandinskyClient,
+    KandinskyGenerationFailedError,
+    KandinskyInsufficientBalanceError,
+    KandinskyMediaExpiredError,
+    KandinskyNotFoundError,
+    KandinskyPermissionDeniedError,
+    KandinskyRateLimitError,
+    KandinskyServerError,
+    KandinskySubmitUncertainError,
+    KandinskySystemError,
+    KandinskyWaitTimeoutError,
+    StatusResponse,
+    VideoRequest,
+)
+from prefect_kandinsky.client import parse_retry_after
+
+
+class FakeTime:
+    """A clock and a sleep that move together without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+async def client(kandinsky_emulator: Any, fake_time: FakeTime) -> AsyncIterator[KandinskyClient]:
+    async with KandinskyClient(
+        api_key=kandinsky_emulator.api_key,
+        base_url=kandinsky_emulator.base_url,
+        retry_initial_delay=0.01,
+        max_retries=2,
+        sleep=fake_time.sleep,
+        clock=fake_time.clock,
+    ) as client:
+        yield client
+
+
+def tiny_request(server: Any, **changes: Any) -> VideoRequest:
+    fields: dict[str, Any] = {
+        "prompt": "The sun rises over the hills.",
+        "image_url": server.sample_image_url,
+        "resolution": "256P",
+        "duration": 1,
+    }
+    fields.update(changes)
+    return VideoRequest(**fields)
+
+
+async def test_submit_then_wait_reports_each_transition_once(
+    client: KandinskyClient, kandinsky_emulator: Any
+) -> None:
+    """A job goes QUEUED, PROCESSING, COMPLETED; each change is reported exactly once."""
+    job = await client.submit(tiny_request(kandinsky_emulator))
+    assert JobStatus.QUEUED == job.status
+    assert job.polling_url and job.polling_url.endswith(job.request_id)
+    seen: list[JobStatus] = []
+    real = KandinskyClient(
+        api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url
+    )
+    async with real:
+        final = await real.wait(
+            job.request_id,
+            poll_interval=0.01,
+            max_poll_interval=0.02,
+            on_change=lambda s: seen.append(s.status),
+        )
+    assert [JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.COMPLETED] == [
+        s for i, s in enumerate(seen) if i == 0 or s != seen[i - 1]
+    ]
+    assert len(seen) == len(set(seen))
+    assert JobStatus.COMPLETED == final.status
+    assert 1 == kandinsky_emulator.state.count("submit")
+    assert final.media_urls[0].startswith(kandinsky_emulator.cdn_url)
+
+
+@pytest.mark.parametrize(
+    ("status_code", "error_class", "body"),
+    [
+        (400, KandinskyBadRequestError, {"error": "Bad Request", "message": "bad prompt"}),
+        (403, KandinskyPermissionDeniedError, {"error": "Forbidden", "message": "not allowed"}),
+        (500, KandinskyServerError, {"error": "Internal", "message": "boom"}),
+    ],
+)
+async def test_injected_status_codes_map_to_their_error_class(
+    client: KandinskyClient,
+    kandinsky_emulator: Any,
+    status_code: int,
+    error_class: type[Exception],
+    body: dict[str, str],
+) -> None:
+    """A refused submit reaches the caller as its own class, with the gateway's words."""
+    kandinsky_emulator.state.inject_fault("submit", status_code=status_code, body=body)
+    with pytest.raises(error_class, match=body["message"]) as caught:
+        await client.submit(tiny_request(kandinsky_emulator))
+    assert status_code == caught.value.status_code  # type: ignore[attr-defined]
+    assert body["error"] == caught.value.error  # type: ignore[attr-defined]
+    assert 1 == kandinsky_emulator.state.count("submit")
+
+
+async def test_unknown_model_is_a_bad_request_naming_the_model(kandinsky_emulator: Any) -> None:
+    """The documented "Model not found" body reaches the caller."""
+    async with KandinskyClient(
+        api_key=kandinsky_emulator.api_key,
+        base_url=kandinsky_emulator.base_url,
+        model_id="kandinsky-9-0-pro-1",
+    ) as client:
+        with pytest.raises(KandinskyBadRequestError, match="Model not found: Model 'kandinsky-9"):
+            await client.submit(tiny_request(kandinsky_emulator))
+
+
+async def test_wrong_key_is_401_and_the_key_is_not_in_the_message(
+    kandinsky_emulator: Any,
+) -> None:
+    """A wrong key raises the authentication error, and the message never holds the key."""
+    secret = "wrong-key-7f3a9c"
+    async with KandinskyClient(api_key=secret, base_url=kandinsky_emulator.base_url) as client:
+        with pytest.raises(KandinskyAuthenticationError, match="401.*api_key") as caught:
+            await client.submit(tiny_request(kandinsky_emulator))
+    assert secret not in str(caught.value)
+    assert secret not in repr(caught.value)
+    assert secret not in str(pickle.loads(pickle.dumps(caught.value)).__dict__)
+
+
+async def test_empty_wallet_is_402_with_the_gateway_message(
+    client: KandinskyClient, kandinsky_emulator: Any
+) -> None:
+    """An empty wallet raises the balance error with the documented message."""
+    kandinsky_emulator.state.set_balance("0")
+    with pytest.raises(
+        KandinskyInsufficientBalanceError, match="Your wallet does not have enough balance"
+    ):
+        await client.submit(tiny_request(kandinsky_emulator, resolution="512P"))
+
+
+async def test_unknown_request_id_is_404(client: KandinskyClient) -> None:
+    """Reading an unknown id raises the not-found error naming the id."""
+    with pytest.raises(KandinskyNotFoundError, match="kandinsky-5-0-pro-953_nope"):
+        await client.get_status("kandinsky-5-0-pro-953_nope")
+
+
+async def test_rate_limit_then_success_waits_retry_after(
+    client: KandinskyClient, kandinsky_emulator: Any, fake_time: FakeTime
+) -> None:
+    """After a 429 the client waits at least Retry-After, then the submit succeeds once."""
+    kandinsky_emulator.state.inject_fault("submit", status_code=429, retry_after=3)
+    job = await client.submit(tiny_request(kandinsky_emulator))
+    assert job.request_id
+    assert [3.0] == fake_time.sleeps
+    assert 1 == len(kandinsky_emulator.state.jobs())
+    assert 2 == kandinsky_emulator.state.count("submit")
+
+
+async def test_rate_limit_exhausted_raises_with_retry_after(
+    client: KandinskyClient, kandinsky_emulator: Any
+) -> None:
+    """A 429 that outlasts the retries raises the rate-limit error with its seconds."""
+    kandinsky_emulator.state.inject_fault("status", status_code=429, retry_after=7, times=3)
+    job = await client.submit(tiny_request(kandinsky_emulator))
+    with pytest.raises(KandinskyRateLimitError, match="retry after 7s") as caught:
+        await client.get_status(job.request_id)
+    assert 7.0 == caught.value.retry_after
+    assert job.request_id == caught.value.request_id
+
+
+async def test_status_reads_retry_on_5xx_and_dropped_connections(
+    client: KandinskyClient, kandinsky_emulator: Any
+) -> None:
+    """A 503 and a dropped connection on status reads are retried transparently."""
+    job = await client.submit(tiny_request(kandinsky_emulator))
+    kandinsky_emulator.state.inject_fault("status", status_code=503)
+    kandinsky_emulator.state.inject_fault("status", action="drop")
+    status = await client.get_status(job.request_id)
+    assert job.request_id == status.request_id
+    assert 3 == kandinsky_emulator.state.count("status")
+
+
+async def test_submit_is_never_resent_after_an_ambiguous_failure(
+    client: KandinskyClient, kandinsky_emulator: Any
+) -> None:
+    """A submit whose answer is lost after queuing raises and is not repeated."""
+    kandinsky_emulator.state.inject_fault("submit", action="drop", after_queue=True)
+    with pytest.raises(KandinskySubmitUncertainError, match="may have queued and billed"):
+        await client.submit(tiny_request(kandinsky_emulator))
+    assert 1 == kandinsky_emulator.state.count("submit")
+    assert 1 == len(kandinsky_emulator.state.jobs())
+
+
+async def test_submit_5xx_is_not_resent(client: KandinskyClient, kandinsky_emulator: Any) -> None:
+    """A 5xx on submit is surfaced with the warning that the job may exist."""
+    kandinsky_emulator.state.inject_fault("submit", status_code=502, after_queue=True)
+    with pytest.raises(KandinskyServerError, match="not resent: the gateway may have queued"):
+        await client.submit(tiny_request(kandinsky_emulator))
+    assert 1 == kandinsky_emulator.state.count("submit")
+
+
+async def test_wait_deadline_error_carries_request_id_and_status(
+    client: KandinskyClient, kandinsky_emulator: Any, fake_time: FakeTime
+) -> None:
+    """A job that never finishes makes the wait raise a resumable error with the id."""
+    kandinsky_emulator.configure(manual=True)
+    job = await client.submit(tiny_request(kandinsky_emulator))
+    with pytest.raises(KandinskyWaitTimeoutError, match="still QUEUED after 30s") as caught:
+        await client.wait(job.request_id, timeout=30, poll_interval=2, max_poll_interval=8)
+    assert job.request_id == caught.value.request_id
+    assert JobStatus.QUEUED == caught.value.status
+    assert job.request_id in str(caught.value)
+    assert all(s <= 8.0 for s in fake_time.sleeps)
+    assert 30.0 == pytest.approx(sum(fake_time.sleeps))
+
+
+async def test_poll_interval_backs_off_towards_the_cap(
+    client: KandinskyClient, kandinsky_emulator: Any, fake_time: FakeTime
+) -> None:
+    """Polls start short and grow, with jitter, to the cap."""
+    kandinsky_emulator.configure(manual=True)
+    job = await client.submit(tiny_request(kandinsky_emulator))
+    with pytest.raises(KandinskyWaitTimeoutError):
+        await client.wait(job.request_id, timeout=60, poll_interval=1, max_poll_interval=8)
+    assert 1.0 <= fake_time.sleeps[0] <= 1.25
+    assert fake_time.sleeps[1] > fake_time.sleeps[0]
+    assert 8.0 == max(fake_time.sleeps)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "error_class", "message"),
+    [
+        ("FAILED", KandinskyGenerationFailedError, "failed: content moderation rejected"),
+        ("ERROR", KandinskySystemError, "system error \\(not charged\\): GPU node lost"),
+    ],
+)
+async def test_failed_and_error_raise_with_the_gateway_text(
+    kandinsky_emulator: Any, outcome: str, error_class: type[Exception], message: str
+) -> None:
+    """FAILED and ERROR raise their own errors, quoting the gateway."""
+    text = "content moderation rejected the prompt" if outcome == "FAILED" else "GPU node lost"
+    kandinsky_emulator.state.plan_outcome(outcome, text)
+    async with KandinskyClient(
+        api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url
+    ) as client:
+        job = await client.submit(tiny_request(kandinsky_emulator))
+        with pytest.raises(error_class, match=message) as caught:
+            await client.wait(job.request_id, poll_interval=0.01, max_poll_interval=0.02)
+    assert job.request_id == caught.value.request_id  # type: ignore[attr-defined]
+
+
+async def test_error_outcome_is_refunded(kandinsky_emulator: Any) -> None:
+    """The emulator refunds an ERROR, as the gateway documents it is not charged."""
+    before = kandinsky_emulator.state.balance
+    kandinsky_emulator.state.plan_outcome("ERROR", "node lost")
+    async with KandinskyClient(
+        api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url
+    ) as client:
+        job = await client.submit(tiny_request(kandinsky_emulator, resolution="512P"))
+        status = await client.wait(
+            job.request_id, poll_interval=0.01, max_poll_interval=0.02, raise_on_failure=False
+        )
+    assert JobStatus.ERROR == status.status
+    assert before == kandinsky_emulator.state.balance
+
+
+async def test_media_goes_to_the_cdn_without_the_key(kandinsky_emulator: Any) -> None:
+    """The CDN, another origin, never receives the subscription key."""
+    async with KandinskyClient(
+        api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url
+    ) as client:
+        job = await client.submit(tiny_request(kandinsky_emulator))
+        status = await client.wait(job.request_id, poll_interval=0.01, max_poll_interval=0.02)
+        async with client.open_media(status.media_urls[0]) as media:
+            body = b"".join([chunk async for chunk in media.chunks()])
+    assert media.content_length == len(body)
+    assert b"ftyp" == body[4:8]
+    cdn = kandinsky_emulator.state.requests("media")
+    assert cdn and not any(r.key_present for r in cdn)
+    assert all(r.key_present for r in kandinsky_emulator.state.requests("submit"))
+
+
+async def test_truncated_media_is_resumed_with_range(kandinsky_emulator: Any) -> None:
+    """A body cut short is completed with a Range request, and the bytes are whole."""
+    async with KandinskyClient(
+        api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url
+    ) as client:
+        job = await client.submit(tiny_request(kandinsky_emulator))
+        status = await client.wait(job.request_id, poll_interval=0.01, max_poll_interval=0.02)
+        expected = kandinsky_emulator.state.media(job.request_id)
+        kandinsky_emulator.state.inject_fault("media", action="truncate")
+        async with client.open_media(status.media_urls[0], chunk_size=1024) as media:
+            body = b"".join([chunk async for chunk in media.chunks()])
+    assert expected == body
+    assert 1 == media.resumes
+    assert "range" in kandinsky_emulator.state.requests("media")[-1].header_names
+
+
+async def test_expired_media_link_says_so(client: KandinskyClient, kandinsky_emulator: Any) -> None:
+    """A 403 from the CDN raises the expired-link error, not a generic failure."""
+    kandinsky_emulator.state.inject_fault("media", status_code=403)
+    url = f"{kandinsky_emulator.cdn_url}/v1/kandinsky-5-0-pro-953_x/output.mp4"
+    with pytest.raises(KandinskyMediaExpiredError, match="has expired"):
+        async with client.open_media(url):
+            pass
+
+
+async def test_key_is_never_sent_to_another_host() -> None:
+    """Even a status URL on a foreign host cannot carry the key: the client refuses."""
+    async with KandinskyClient(api_key="k", base_url="https://gateway.example") as client:
+        with respx.mock(assert_all_called=False) as mock:
+            route = mock.get("https://cdn.example/x.mp4").respond(200, content=b"x")
+            async with client.open_media("https://cdn.example/x.mp4") as media:
+                assert [b"x"] == [c async for c in media.chunks()]
+        assert "ocp-apim-subscription-key" not in route.calls.last.request.headers
+        request = client._http.build_request(
+            "GET", "https://cdn.example/x", headers={"Ocp-Apim-Subscription-Key": "k"}
+        )
+        with pytest.raises(Exception, match="Refusing to send the subscription key"):
+            await client._http.send(request)
+
+
+async def test_unreadable_submit_answer_is_uncertain() -> None:
+    """A 202 without a readable request id says the job may exist."""
+    async with KandinskyClient(
+        api_key="k", base_url="https://gateway.example", max_retries=0
+    ) as client:
+        with respx.mock:
+            respx.post(
+                "https://gateway.example/kandinsky-5-0-pro-953/v1/kandinsky-5-0-pro-request"
+            ).respond(202, text="<html>oops</html>")
+            with pytest.raises(KandinskySubmitUncertainError, match="may exist and be billed"):
+                await client.submit(
+                    VideoRequest(prompt="p", image_url="https://example.com/a.png")
+                )
+
+
+async def test_submit_retries_when_the_connection_was_never_made(fake_time: FakeTime) -> None:
+    """A refused connection cannot have queued a job, so the submit is retried."""
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(202, json={"request_id": "r-1", "status": "QUEUED"})
+
+    async with KandinskyClient(
+        api_key="k",
+        base_url="https://gateway.example",
+        transport=httpx.MockTransport(handler),
+        sleep=fake_time.sleep,
+    ) as client:
+        job = await client.submit(VideoRequest(prompt="p", image_url="https://example.com/a"))
+    assert ("r-1", 2) == (job.request_id, calls)
+
+
+async def test_webhook_headers_and_http_refusal(kandinsky_emulator: Any) -> None:
+    """Webhook headers reach the gateway; an http:// webhook is refused before sending."""
+    async with KandinskyClient(
+        api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url
+    ) as client:
+        with pytest.raises(ValueError, match="webhook_url must be an absolute https URL"):
+            await client.submit(
+                tiny_request(kandinsky_emulator), webhook_url="http://example.com/hook"
+            )
+        assert 0 == kandinsky_emulator.state.count("submit")
+        await client.submit(
+            tiny_request(kandinsky_emulator),
+            webhook_url="https://hooks.example/kandinsky",
+            webhook_mode="terminal",
+        )
+    record = kandinsky_emulator.state.requests("submit")[-1]
+    assert {"x-webhook-url", "x-webhook-mode"} <= record.header_names
+
+
+def test_retry_after_parses_seconds_and_dates() -> None:
+    """Retry-After is read in both its forms, and nonsense is ignored."""
+    assert 5.0 == parse_retry_after("5")
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert parse_retry_after("soon") is None
+
+
+def test_repr_has_no_key() -> None:
+    """The client's repr shows where it points, not what it sends."""
+    client = KandinskyClient(api_key="sk-live-123456", base_url="https://gateway.example")
+    assert "sk-live-123456" not in repr(client)
+    assert "gateway.example" in repr(client)
+
+
+def test_status_response_is_what_the_wait_returns() -> None:
+    """Sanity: the public StatusResponse is the parsed status type."""
+    assert StatusResponse.model_fields["status"].annotation is JobStatus

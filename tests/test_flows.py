@@ -1,0 +1,224 @@
+"""Flow runs on a real Prefect API against the emulator: files, artifacts, never paying twice."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import av
+import httpx
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.client.schemas.objects import Artifact
+from prefect.states import State
+
+from prefect_kandinsky import (
+    KandinskyCredentials,
+    KandinskyGenerationFailedError,
+    PersistedVideo,
+    generate_video,
+)
+from prefect_kandinsky.artifacts import artifact_key
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+FAST = {"resolution": "256P", "duration": 1, "poll_interval_seconds": 0.02}
+
+
+def params(server: Any, tmp_path: Path, creds: KandinskyCredentials, **changes: Any) -> Any:
+    base = {
+        "prompt": "The sun rises over the hills.",
+        "image_url": server.sample_image_url,
+        "destination": str(tmp_path / "videos"),
+        "credentials": creds,
+        **FAST,
+    }
+    base.update(changes)
+    return base
+
+
+async def artifacts_of(flow_run_id: UUID) -> dict[str, Artifact]:
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key or f"unkeyed-{a.type}": a for a in found}
+
+
+def frames_of(path: str) -> tuple[int, int, int, str]:
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        return frames, stream.width, stream.height, stream.codec_context.name
+
+
+async def run(**parameters: Any) -> State[Any]:
+    state: State[Any] = await generate_video(**parameters, return_state=True)  # type: ignore[call-overload]
+    return state
+
+
+async def test_generate_video_writes_the_mp4_and_links_it(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """One flow run: one submit, an H.264 MP4 of 25 frames on disk, link and summary artifacts."""
+    state = await run(**params(kandinsky_emulator, tmp_path, credentials))
+    video: PersistedVideo = await state.result()  # type: ignore[misc]
+
+    assert Path(video.uri).is_file()
+    assert (25, 384, 256, "h264") == frames_of(video.uri)
+    assert 1 == kandinsky_emulator.state.count("submit")
+    assert video.request_id in video.uri
+
+    found = await artifacts_of(state.state_details.flow_run_id)  # type: ignore[arg-type]
+    media = found[artifact_key(video.request_id, "media")]
+    stored = found[artifact_key(video.request_id, "video")]
+    summary = found[artifact_key(video.request_id, "summary")]
+    progress = found[artifact_key(video.request_id, "progress")]
+    assert video.source_url in str(media.data)
+    assert f"file://{video.uri}" in str(stored.data)
+    assert video.sha256 in str(summary.data)
+    assert "The sun rises over the hills." in str(summary.data)
+    assert f"![input image]({kandinsky_emulator.sample_image_url})" in str(summary.data)
+    assert "| 256P |" in str(summary.data) and "unknown" in str(summary.data)
+    assert 100.0 == progress.data
+    for artifact in found.values():
+        assert credentials.api_key.get_secret_value() not in str(artifact.data)
+        assert credentials.api_key.get_secret_value() not in str(artifact.description)
+
+
+async def test_failed_persist_then_flow_retry_pays_once(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """Persist fails after completion; the retried flow run neither resubmits nor re-polls."""
+    kandinsky_emulator.state.inject_fault("media", status_code=403)
+    retried = generate_video.with_options(retries=1, retry_delay_seconds=0)
+    state = await retried(
+        **params(kandinsky_emulator, tmp_path, credentials), return_state=True
+    )
+    video: PersistedVideo = await state.result()  # type: ignore[misc]
+
+    log = kandinsky_emulator.state
+    assert 1 == log.count("submit")
+    polls_after_failure = [
+        r for r in log.requests("status") if r.at > log.requests("media")[0].at
+    ]
+    assert [] == polls_after_failure
+    assert [403, 200] == [r.status_code for r in log.requests("media")]
+    assert Path(video.uri).is_file()
+
+
+async def test_rerun_with_same_idempotency_key_pays_once(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """A new flow run with the same key reuses the job and its status; one download succeeds."""
+    key = f"slot-{uuid4()}"
+    kandinsky_emulator.state.inject_fault("media", status_code=404)
+    first = await run(**params(kandinsky_emulator, tmp_path, credentials, idempotency_key=key))
+    assert first.is_failed()
+    polls = kandinsky_emulator.state.count("status")
+
+    second = await run(**params(kandinsky_emulator, tmp_path, credentials, idempotency_key=key))
+    video: PersistedVideo = await second.result()  # type: ignore[misc]
+
+    assert 1 == kandinsky_emulator.state.count("submit")
+    assert polls == kandinsky_emulator.state.count("status")
+    assert [404, 200] == [r.status_code for r in kandinsky_emulator.state.requests("media")]
+    assert 25 == frames_of(video.uri)[0]
+
+    third = await run(**params(kandinsky_emulator, tmp_path, credentials, idempotency_key=key))
+    assert video.uri == (await third.result()).uri  # type: ignore[misc]
+    assert 1 == len([r for r in kandinsky_emulator.state.requests("media") if r.status_code == 200])
+    found = await artifacts_of(third.state_details.flow_run_id)  # type: ignore[arg-type]
+    assert artifact_key(video.request_id, "summary") in found, "cached runs show artifacts too"
+
+
+async def test_failed_generation_fails_the_flow_without_resubmitting(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """FAILED is final: the error quotes the gateway and nothing is submitted again."""
+    kandinsky_emulator.state.plan_outcome("FAILED", "content moderation rejected the prompt")
+    state = await run(**params(kandinsky_emulator, tmp_path, credentials))
+    assert state.is_failed()
+    with pytest.raises(KandinskyGenerationFailedError, match="content moderation rejected"):
+        await state.result()  # type: ignore[misc]
+    assert 1 == kandinsky_emulator.state.count("submit")
+
+
+async def test_system_error_is_resubmitted_once_when_allowed(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """ERROR (not charged) may be resubmitted once; the wallet pays for one video."""
+    kandinsky_emulator.state.plan_outcome("ERROR", "GPU node lost")
+    before = kandinsky_emulator.state.balance
+    state = await run(
+        **params(
+            kandinsky_emulator,
+            tmp_path,
+            credentials,
+            resolution="512P",
+            resubmit_on_system_error=True,
+        )
+    )
+    video: PersistedVideo = await state.result()  # type: ignore[misc]
+    assert 2 == kandinsky_emulator.state.count("submit")
+    assert Path(video.uri).is_file()
+    assert Decimal("0.04") == before - kandinsky_emulator.state.balance
+
+
+async def test_generate_video_as_a_subflow(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """Another team's flow composes generate_video and gets the stored video back."""
+
+    @flow
+    async def team_flow(image_urls: list[str]) -> list[str]:
+        uris = []
+        for url in image_urls:
+            video = await generate_video(
+                prompt="Slow push-in on the product.",
+                image_url=url,
+                credentials=credentials,
+                destination=str(tmp_path / "team"),
+                **FAST,
+            )
+            uris.append(video.uri)
+        return uris
+
+    uris = await team_flow([kandinsky_emulator.sample_image_url] * 2)
+    assert 2 == len(set(uris)) == kandinsky_emulator.state.count("submit")
+    assert all(Path(uri).is_file() for uri in uris)
+
+
+async def test_saved_block_name_and_s3_destination(
+    kandinsky_emulator: Any,
+    credentials: KandinskyCredentials,
+    tmp_path: Path,
+    s3_bucket: Any,
+    s3_client: Any,
+) -> None:
+    """A block name for credentials and an S3Bucket destination: the object and its link."""
+    await credentials.save("emulator-test", overwrite=True)
+    state = await run(
+        **params(
+            kandinsky_emulator,
+            tmp_path,
+            credentials,
+            credentials="emulator-test",
+            destination=s3_bucket,
+        )
+    )
+    video: PersistedVideo = await state.result()  # type: ignore[misc]
+    assert video.uri.startswith(f"s3://{s3_bucket.bucket_name}/")
+    key = video.uri.split("/", 3)[3]
+    body = s3_client.get_object(Bucket=s3_bucket.bucket_name, Key=key)["Body"].read()
+    assert video.size_bytes == len(body)
+    assert video.public_url is not None
+    assert body == httpx.get(video.public_url).content
+    found = await artifacts_of(state.state_details.flow_run_id)  # type: ignore[arg-type]
+    stored = found[artifact_key(video.request_id, "video")]
+    assert video.public_url in str(stored.data)
+    assert video.uri in str(stored.data)
