@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+OUTPUT ?= output
+DEMO_PREFECT_HOME ?= $(CURDIR)/.prefect
 
 .PHONY: demo test lint typecheck check bench clean
 
@@ -13,7 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/prefect-kandinsky demo --output-dir output
+	PREFECT_HOME="$(DEMO_PREFECT_HOME)" PREFECT_SERVER_ANALYTICS_ENABLED=false \
+		$(BIN)/prefect-kandinsky demo --output "$(OUTPUT)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

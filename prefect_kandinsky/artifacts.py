@@ -178,9 +178,7 @@ class WaitProgress:
         if status.status is JobStatus.PROCESSING:
             # Creep towards 90% so a long render still shows life.
             progress = min(90.0, 50.0 + elapsed_seconds / 10)
-        description = (
-            f"{self.request_id}: {status.status.value} after {elapsed_seconds:.0f}s"
-        )
+        description = f"{self.request_id}: {status.status.value} after {elapsed_seconds:.0f}s"
         if self._last == (round(progress), description):
             return
         self._last = (round(progress), description)
@@ -194,4 +192,3 @@ class WaitProgress:
             await aupdate_progress_artifact(
                 self._artifact_id, progress=progress, description=description
             )
-

@@ -199,9 +199,7 @@ class MediaStream:
                 failure = exc
             finally:
                 await self._response.aclose()
-            if failure is None and (
-                self.content_length is None or received >= self.content_length
-            ):
+            if failure is None and (self.content_length is None or received >= self.content_length):
                 break
             if self.content_length is None or self.resumes >= self._max_resumes:
                 raise KandinskyMediaError(
@@ -556,7 +554,9 @@ class KandinskyClient:
     ) -> KandinskyAPIError:
         code = response.status_code
         error, gateway_message = _error_body(response)
-        detail = ": ".join(part for part in (error, gateway_message) if part) or response.reason_phrase
+        detail = (
+            ": ".join(part for part in (error, gateway_message) if part) or response.reason_phrase
+        )
         subject = f"Status read of {request_id}" if request_id else f"The {kind}"
         message = f"{subject} was refused by the gateway with {code}: {detail}"
         if code in _WAY_OUT:
@@ -659,7 +659,11 @@ def _transport_error(
     exc: httpx.TransportError, url: str, request_id: str | None, retries: int
 ) -> KandinskyConnectionError:
     target = f"status of {request_id}" if request_id else url
-    cls = KandinskyTimeoutError if isinstance(exc, httpx.TimeoutException) else KandinskyConnectionError
+    cls = (
+        KandinskyTimeoutError
+        if isinstance(exc, httpx.TimeoutException)
+        else KandinskyConnectionError
+    )
     return cls(
         f"Could not reach the gateway for the {target}: {type(exc).__name__} after "
         f"{retries} retries",

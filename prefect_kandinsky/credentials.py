@@ -41,7 +41,7 @@ class KandinskyCredentials(CredentialsBlock):
     _block_type_name = "Kandinsky Credentials"
     _block_type_slug = "kandinsky-credentials"
     _logo_url = HttpUrl(
-        "https://raw.githubusercontent.com/prefect-kandinsky/prefect-kandinsky/main/prefect_kandinsky/assets/logo.png"  # noqa: E501
+        "https://raw.githubusercontent.com/prefect-kandinsky/prefect-kandinsky/main/prefect_kandinsky/assets/logo.png"
     )
     _documentation_url = HttpUrl("https://github.com/prefect-kandinsky/prefect-kandinsky#readme")
     _description = "Subscription key and gateway settings for the Kandinsky 5.0 Pro API."

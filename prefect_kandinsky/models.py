@@ -170,9 +170,7 @@ class VideoRequest(BaseModel):
     def _check_image_url(cls, value: str) -> str:
         parts = urlsplit(value.strip())
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(
-                f"image_url must be an absolute http or https URL; got {value!r}"
-            )
+            raise ValueError(f"image_url must be an absolute http or https URL; got {value!r}")
         return value.strip()
 
     @field_validator("resolution", mode="before")
@@ -180,18 +178,14 @@ class VideoRequest(BaseModel):
     def _check_resolution(cls, value: object) -> object:
         if isinstance(value, str) and value.upper() in RESOLUTIONS:
             return value.upper()
-        raise ValueError(
-            f"resolution must be one of {', '.join(RESOLUTIONS)}; got {value!r}"
-        )
+        raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}; got {value!r}")
 
     @field_validator("acceleration", mode="before")
     @classmethod
     def _check_acceleration(cls, value: object) -> object:
         if isinstance(value, str) and value in ACCELERATIONS:
             return value
-        raise ValueError(
-            f"acceleration must be one of {', '.join(ACCELERATIONS)}; got {value!r}"
-        )
+        raise ValueError(f"acceleration must be one of {', '.join(ACCELERATIONS)}; got {value!r}")
 
     @field_validator("duration")
     @classmethod

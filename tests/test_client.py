@@ -83,9 +83,7 @@ async def test_submit_then_wait_reports_each_transition_once(
     assert JobStatus.QUEUED == job.status
     assert job.polling_url and job.polling_url.endswith(job.request_id)
     seen: list[JobStatus] = []
-    real = KandinskyClient(
-        api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url
-    )
+    real = KandinskyClient(api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url)
     async with real:
         final = await real.wait(
             job.request_id,
@@ -353,9 +351,7 @@ async def test_unreadable_submit_answer_is_uncertain() -> None:
                 "https://gateway.example/kandinsky-5-0-pro-953/v1/kandinsky-5-0-pro-request"
             ).respond(202, text="<html>oops</html>")
             with pytest.raises(KandinskySubmitUncertainError, match="may exist and be billed"):
-                await client.submit(
-                    VideoRequest(prompt="p", image_url="https://example.com/a.png")
-                )
+                await client.submit(VideoRequest(prompt="p", image_url="https://example.com/a.png"))
 
 
 async def test_submit_retries_when_the_connection_was_never_made(fake_time: FakeTime) -> None:

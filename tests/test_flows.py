@@ -96,16 +96,12 @@ async def test_failed_persist_then_flow_retry_pays_once(
     """Persist fails after completion; the retried flow run neither resubmits nor re-polls."""
     kandinsky_emulator.state.inject_fault("media", status_code=403)
     retried = generate_video.with_options(retries=1, retry_delay_seconds=0)
-    state = await retried(
-        **params(kandinsky_emulator, tmp_path, credentials), return_state=True
-    )
+    state = await retried(**params(kandinsky_emulator, tmp_path, credentials), return_state=True)
     video: PersistedVideo = await state.result()  # type: ignore[misc]
 
     log = kandinsky_emulator.state
     assert 1 == log.count("submit")
-    polls_after_failure = [
-        r for r in log.requests("status") if r.at > log.requests("media")[0].at
-    ]
+    polls_after_failure = [r for r in log.requests("status") if r.at > log.requests("media")[0].at]
     assert [] == polls_after_failure
     assert [403, 200] == [r.status_code for r in log.requests("media")]
     assert Path(video.uri).is_file()

@@ -1,8 +1,5 @@
 """Persisting videos: real MP4 bytes over real HTTP into a directory, moto S3 and blocks."""
 
-# House style puts the expected value first (SIM300); blocking file reads are fine in tests.
-# ruff: noqa: SIM300, ASYNC240
-
 from __future__ import annotations
 
 import asyncio

@@ -80,9 +80,7 @@ async def test_submit_is_retried_only_where_no_job_can_exist(
         (KandinskyConnectionError("reset"), True),
     ],
 )
-async def test_wait_is_retried_only_on_transient_faults(
-    exc: BaseException, expected: bool
-) -> None:
+async def test_wait_is_retried_only_on_transient_faults(exc: BaseException, expected: bool) -> None:
     """A FAILED generation or a refused key is final; a flaky gateway is not."""
     assert expected == await verdict(retry_await, exc)
 
