@@ -218,3 +218,35 @@ async def test_saved_block_name_and_s3_destination(
     stored = found[artifact_key(video.request_id, "video")]
     assert video.public_url in str(stored.data)
     assert video.uri in str(stored.data)
+
+
+async def test_shared_result_storage_lets_another_machine_reuse_the_job(
+    kandinsky_emulator: Any,
+    credentials: KandinskyCredentials,
+    tmp_path: Path,
+    s3_bucket: Any,
+    s3_client: Any,
+) -> None:
+    """With results in an S3Bucket, a run whose local storage is empty still pays once."""
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
+    block_name = f"results-{uuid4().hex[:8]}"
+    await s3_bucket.save(block_name, overwrite=True)
+    shared = generate_video.with_options(result_storage=f"s3-bucket/{block_name}")
+    key = f"slot-{uuid4()}"
+    first = await shared(
+        **params(kandinsky_emulator, tmp_path, credentials, idempotency_key=key),
+        return_state=True,
+    )
+    assert first.is_completed()
+    listed = s3_client.list_objects_v2(Bucket=s3_bucket.bucket_name).get("Contents", [])
+    assert len(listed) >= 3, "submit, await and persist results are in the bucket"
+
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path / "other-machine"}):
+        second = await shared(
+            **params(kandinsky_emulator, tmp_path, credentials, idempotency_key=key),
+            return_state=True,
+        )
+    assert second.is_completed()
+    assert 1 == kandinsky_emulator.state.count("submit")
+    assert 1 == kandinsky_emulator.state.count("media")
