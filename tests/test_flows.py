@@ -250,3 +250,37 @@ async def test_shared_result_storage_lets_another_machine_reuse_the_job(
     assert second.is_completed()
     assert 1 == kandinsky_emulator.state.count("submit")
     assert 1 == kandinsky_emulator.state.count("media")
+
+
+async def test_the_key_is_in_no_parameter_log_result_or_artifact(
+    kandinsky_emulator: Any, tmp_path: Path
+) -> None:
+    """After a run, the key appears nowhere Prefect keeps: parameters, logs, results."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH
+
+    secret = f"sk-live-{uuid4().hex}"
+    kandinsky_emulator.configure(api_keys={secret})
+    creds = KandinskyCredentials(api_key=secret, base_url=kandinsky_emulator.base_url)
+    state = await run(**params(kandinsky_emulator, tmp_path, creds))
+    assert state.is_completed()
+    flow_run_id = state.state_details.flow_run_id
+    assert flow_run_id is not None
+    from prefect.logging.handlers import APILogHandler
+
+    await APILogHandler.aflush()
+    async with get_client() as client:
+        flow_run = await client.read_flow_run(flow_run_id)
+        logs = await client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+    assert logs, "the run logged its progress"
+    assert "credentials" in flow_run.parameters
+    assert secret not in str(flow_run.parameters)
+    assert not [log.message for log in logs if secret in log.message]
+    assert secret not in str(await artifacts_of(flow_run_id))
+    storage = Path(str(PREFECT_RESULTS_LOCAL_STORAGE_PATH.value()))
+    leaked = [p for p in storage.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert [] == leaked
+    assert all(r.key_present for r in kandinsky_emulator.state.requests("submit"))
+    assert not any(r.key_present for r in kandinsky_emulator.state.requests("media"))
