@@ -180,6 +180,7 @@ class MediaStream:
         length = response.headers.get("content-length")
         self.content_length = int(length) if length and length.isdigit() else None
         self.resumes = 0
+        self._etag = response.headers.get("etag")
         self._client = client
         self._response = response
         self._request_id = request_id
@@ -218,13 +219,15 @@ class MediaStream:
                 self.content_length,
             )
             self._response = await self._client._open_media_response(
-                self.url, start=received, request_id=self._request_id
+                self.url, start=received, request_id=self._request_id, if_range=self._etag
             )
-            if received and self._response.status_code != 206:
+            if received and not _resumes_at(self._response, received):
                 await self._response.aclose()
                 raise KandinskyMediaError(
-                    f"Download of {self.url} was cut at {received} bytes and the CDN "
-                    f"ignored the Range request (answered {self._response.status_code})",
+                    f"Download of {self.url} was cut at {received} bytes and the CDN did not "
+                    f"resume it there (answered {self._response.status_code}, Content-Range "
+                    f"{self._response.headers.get('content-range')!r}; the file may have "
+                    "changed): persist it again",
                     request_id=self._request_id,
                     url=self.url,
                     status_code=self._response.status_code,
@@ -391,9 +394,10 @@ class KandinskyClient:
     ) -> StatusResponse:
         """Poll until the generation reaches a terminal status, or the deadline passes.
 
-        The first look comes after ``poll_interval`` seconds; the interval then grows by
-        half each time, with jitter, up to ``max_poll_interval``. The deadline is
-        monotonic: time spent in requests and retries counts.
+        The first read is immediate, the next comes after about ``poll_interval`` seconds;
+        the interval then grows by half each time up to ``max_poll_interval``, and each
+        wait is shortened by up to a quarter at random so that many waiters do not poll in
+        step. The deadline is monotonic: time spent in requests and retries counts.
 
         Args:
             request_id: The generation to wait for.
@@ -434,8 +438,10 @@ class KandinskyClient:
                     status=current.status,
                     waited_seconds=waited,
                 )
-            delay = interval * (1 + DEFAULT_RETRY_JITTER * random.random())
-            await self._sleep(min(delay, max_poll_interval, remaining))
+            # Jitter below the capped interval, so workers that started together drift
+            # apart even once every one of them polls at the cap.
+            delay = interval * (1 - DEFAULT_RETRY_JITTER * random.random())
+            await self._sleep(min(delay, remaining))
             interval = min(interval * DEFAULT_POLL_BACKOFF, max_poll_interval)
 
     @asynccontextmanager
@@ -584,12 +590,14 @@ class KandinskyClient:
         return cls(message, **kwargs)
 
     async def _open_media_response(
-        self, url: str, *, start: int, request_id: str | None
+        self, url: str, *, start: int, request_id: str | None, if_range: str | None = None
     ) -> httpx.Response:
         # identity: a compressed body would break the length check and the Range offsets.
         headers = {"Accept-Encoding": "identity"}
         if start:
             headers["Range"] = f"bytes={start}-"
+            if if_range:
+                headers["If-Range"] = if_range
         attempt = 0
         while True:
             request = self._http.build_request(
@@ -637,6 +645,16 @@ class KandinskyClient:
             self._log.warning("Media download of %s failed; retrying in %.1fs", url, delay)
             attempt += 1
             await self._sleep(delay)
+
+
+def _resumes_at(response: httpx.Response, offset: int) -> bool:
+    """Whether a Range answer continues exactly at ``offset`` (206, Content-Range bytes N-)."""
+    if response.status_code != 206:
+        return False
+    content_range = response.headers.get("content-range", "")
+    unit, _, spec = content_range.partition(" ")
+    first = spec.partition("-")[0]
+    return unit == "bytes" and first.isdigit() and int(first) == offset
 
 
 def _error_body(response: httpx.Response) -> tuple[str | None, str | None]:
