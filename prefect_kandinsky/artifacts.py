@@ -79,14 +79,23 @@ def summary_markdown(persisted: PersistedVideo, video: CompletedVideo | None) ->
             "",
         ]
     if video is not None:
-        lines += ["## Status timeline", "", "| Status | Observed at |", "|---|---|"]
-        lines += [f"| {e.status.value} | {_timestamp(e.at)} |" for e in video.timeline]
+        status = video.status
+        lines += ["## Status timeline", "", "| Status | At | Source |", "|---|---|---|"]
+        lines.append(f"| created | {_timestamp(status.created_at)} | gateway |")
+        lines += [f"| {e.status.value} | {_timestamp(e.at)} | observed |" for e in video.timeline]
+        lines.append(f"| completed | {_timestamp(status.completed_at)} | gateway |")
         lines += [
             "",
             f"Queued for {_seconds(video.queue_seconds)}, "
-            f"processed in {_seconds(video.processing_seconds)}.",
-            "",
+            f"processed in {_seconds(video.processing_seconds)}, "
+            f"done {_seconds(video.total_seconds)} after creation.",
         ]
+        if video.queue_seconds is None:
+            lines.append(
+                "(Queue and processing times need PROCESSING to be observed; this wait "
+                "first saw the job when it was already past it.)"
+            )
+        lines.append("")
     facts = [
         ("Stored at", persisted.uri),
         ("Link", persisted.public_url or "n/a"),

@@ -334,6 +334,9 @@ class CompletedVideo(BaseModel):
     processing_seconds: float | None = Field(
         default=None, description="Seconds from processing until completion."
     )
+    total_seconds: float | None = Field(
+        default=None, description="Seconds from creation until completion, by the gateway."
+    )
 
     @property
     def media_url(self) -> str:

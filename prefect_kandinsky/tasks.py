@@ -344,6 +344,7 @@ def _completed(
     finished = status.completed_at or seen.get(JobStatus.COMPLETED)
     queue = (started - created).total_seconds() if started and created else None
     processing = (finished - started).total_seconds() if finished and started else None
+    total = (finished - created).total_seconds() if finished and created else None
     return CompletedVideo(
         request_id=status.request_id,
         status=status,
@@ -353,6 +354,7 @@ def _completed(
         timeline=timeline,
         queue_seconds=max(queue, 0.0) if queue is not None else None,
         processing_seconds=max(processing, 0.0) if processing is not None else None,
+        total_seconds=max(total, 0.0) if total is not None else None,
     )
 
 

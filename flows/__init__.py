@@ -1,0 +1,1 @@
+"""Deployable pipelines: the entrypoints named in ``deployments/prefect.yaml``."""

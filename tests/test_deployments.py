@@ -1,0 +1,447 @@
+"""The deployments of ``deployments/prefect.yaml``: they match their flows, and they run.
+
+The fast tests read the YAML the way ``prefect deploy`` does and hold it against the flows it
+names. The end-to-end test follows the README walkthrough on a real Prefect server, a process
+worker and the gateway emulator, all on loopback, and opens the MP4 that lands on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import av
+import httpx
+import pytest
+import yaml
+from prefect import Flow
+from prefect.cli.deploy._models import DeploymentConfig, PrefectYamlModel, RawScheduleConfig
+from prefect.flows import load_flow_from_entrypoint
+from prefect.server.schemas.schedules import CronSchedule
+from prefect.utilities.importtools import load_script_as_module
+from prefect.utilities.templating import apply_values
+from prefect.workers.process import ProcessWorker
+
+from prefect_kandinsky import KandinskyCredentials
+from prefect_kandinsky.emulator import EmulatorServer
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
+PREFECT = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
+WORK_POOL = "kandinsky-process"
+CREDENTIALS_BLOCK = "kandinsky"
+GIVEN_AT_TRIGGER_TIME = {"on-demand": {"prompt", "image_url"}}
+"""Required flow parameters a deployment leaves to ``prefect deployment run --param``."""
+EXPECTED = {
+    "on-demand": ("flows/generate.py:generate", "generate-video"),
+    "daily": ("flows/scheduled.py:scheduled_video", "scheduled-video"),
+}
+
+
+def _prefect_yaml() -> dict[str, Any]:
+    with PREFECT_FILE.open() as file:
+        loaded: dict[str, Any] = yaml.safe_load(file)
+    return loaded
+
+
+def _deployments() -> list[dict[str, Any]]:
+    deployments: list[dict[str, Any]] = _prefect_yaml()["deployments"]
+    return deployments
+
+
+def _deployment(name: str) -> dict[str, Any]:
+    return next(d for d in _deployments() if d["name"] == name)
+
+
+def _flow(entrypoint: str) -> Flow[..., Any]:
+    path, name = entrypoint.rsplit(":", 1)
+    return load_flow_from_entrypoint(f"{REPO / path}:{name}")
+
+
+def _scheduled_module() -> Any:
+    return load_script_as_module(str(REPO / "flows" / "scheduled.py"))
+
+
+# -- the YAML, against the flows it names ------------------------------------------------
+
+
+def test_prefect_yaml_is_what_prefect_deploy_reads() -> None:
+    """The file passes ``prefect deploy``'s schema and holds exactly the two deployments."""
+    raw = _prefect_yaml()
+    model = PrefectYamlModel.model_validate(raw)
+    assert sorted(EXPECTED) == sorted(d.name for d in model.deployments if d.name)
+    known = set(DeploymentConfig.model_fields)
+    for deployment in raw["deployments"]:
+        # prefect deploy silently drops keys it does not know: a typo would vanish.
+        assert set() == set(deployment) - known, deployment["name"]
+        assert EXPECTED[deployment["name"]][0] == deployment["entrypoint"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_entrypoint_is_the_named_prefect_flow(name: str) -> None:
+    """Each entrypoint imports from the repo root and is a Prefect flow with the expected name."""
+    flow = _flow(_deployment(name)["entrypoint"])
+    assert isinstance(flow, Flow)
+    assert EXPECTED[name][1] == flow.name
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_parameters_are_valid_for_the_flow_signature(name: str) -> None:
+    """Every YAML parameter is a flow parameter of a valid value, and no required one is missing."""
+    deployment = _deployment(name)
+    flow = _flow(deployment["entrypoint"])
+    signature = inspect.signature(flow.fn)
+    parameters: dict[str, Any] = deployment.get("parameters") or {}
+    assert set() == set(parameters) - set(signature.parameters)
+    required = {
+        p.name for p in signature.parameters.values() if p.default is inspect.Parameter.empty
+    }
+    left_to_trigger = GIVEN_AT_TRIGGER_TIME.get(name, set())
+    assert set() == required - set(parameters) - left_to_trigger
+    assert set() == left_to_trigger & set(parameters)
+    assert CREDENTIALS_BLOCK == parameters["credentials"]
+    assert deployment["enforce_parameter_schema"] is True
+    trigger_values = {p: "https://example.com/image.png" for p in left_to_trigger}
+    validated = flow.validate_parameters({**parameters, **trigger_values})
+    assert parameters == {k: validated[k] for k in parameters}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+async def test_schedules_are_valid_crons(name: str) -> None:
+    """The daily deployment has one valid, paused cron schedule; on-demand has none."""
+    schedules = _deployment(name).get("schedules") or []
+    if name == "on-demand":
+        assert [] == schedules
+        return
+    assert 1 == len(schedules)
+    (spec,) = schedules
+    RawScheduleConfig.model_validate(spec)
+    schedule = CronSchedule(cron=spec["cron"], timezone=spec["timezone"])
+    start = datetime(2026, 5, 22, 12, 0, tzinfo=timezone.utc)
+    fires = [d.astimezone(timezone.utc) for d in await schedule.get_dates(2, start=start)]
+    assert [
+        datetime(2026, 5, 23, 6, 0, tzinfo=timezone.utc),
+        datetime(2026, 5, 24, 6, 0, tzinfo=timezone.utc),
+    ] == fires
+    assert spec["active"] is False  # deploying must not start paying
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_work_pool_is_the_process_pool(name: str) -> None:
+    """Each deployment targets the process pool, with job variables a process worker knows."""
+    work_pool = _deployment(name)["work_pool"]
+    assert WORK_POOL == work_pool["name"]
+    template = ProcessWorker.get_default_base_job_template()
+    assert set() == set(work_pool.get("job_variables") or {}) - set(
+        template["variables"]["properties"]
+    )
+
+
+def test_pull_step_enters_the_checkout_it_was_deployed_from(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pull step's ``{{ $PWD }}`` becomes the directory ``prefect deploy`` ran in."""
+    pull = _prefect_yaml()["pull"]
+    monkeypatch.setenv("PWD", str(REPO))
+    resolved = apply_values(pull, {}, remove_notset=False)
+    assert [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
+    ] == resolved
+
+
+def test_walkthrough_names_what_the_yaml_declares() -> None:
+    """The README walkthrough's commands name the YAML's pool, deployments and block."""
+    readme = (REPO / "deployments" / "README.md").read_text()
+    flows = {name: EXPECTED[name][1] for name in EXPECTED}
+    declared = {f"{flows[d['name']]}/{d['name']}" for d in _deployments()}
+    assert declared == set(re.findall(r"prefect deployment run (\S+)", readme))
+    assert {WORK_POOL} == set(re.findall(r"(?:--pool|work-pool create) (\S+)", readme))
+    assert {"deployments/prefect.yaml"} == set(re.findall(r"--prefect-file (\S+)", readme))
+    assert {"daily"} == set(re.findall(r"--prefect-file \S+ --name (\S+)", readme))
+    assert {CREDENTIALS_BLOCK} == set(re.findall(r'\.save\(\s*"([^"]+)"', readme))
+
+
+# -- the scheduled flow: one paid video per slot ----------------------------------------
+
+
+def test_slot_key_is_one_per_deployment_and_instant() -> None:
+    """The same instant in any zone gives one key; another slot or deployment another key."""
+    slot_key = _scheduled_module().slot_key
+    utc = datetime(2026, 5, 22, 6, 0, tzinfo=timezone.utc)
+    berlin = utc.astimezone(timezone(timedelta(hours=2)))
+    assert "scheduled-video/daily@2026-05-22T06:00:00+00:00" == slot_key("daily", utc)
+    assert slot_key("daily", utc) == slot_key("daily", berlin)
+    assert slot_key("daily", utc) == slot_key("daily", utc.replace(tzinfo=None))
+    assert slot_key("daily", utc) != slot_key("daily", utc + timedelta(days=1))
+    assert slot_key("daily", utc) != slot_key("hourly", utc)
+    assert "scheduled-video/no-deployment@2026-05-22T06:00:00+00:00" == slot_key(None, utc)
+
+
+async def test_scheduled_video_pays_once_per_slot(
+    prefect_api: None,
+    kandinsky_emulator: EmulatorServer,
+    credentials: KandinskyCredentials,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two runs for one slot submit once and store one file; the next slot submits again."""
+    monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__NAME", f"test-{uuid4().hex[:8]}")
+    flow = _flow(EXPECTED["daily"][0]).with_options(retries=0)
+    slot = datetime(2026, 5, 22, 6, 0, tzinfo=timezone.utc)
+    parameters: dict[str, Any] = {
+        "prompt": "The lighthouse beam sweeps over a calm sea.",
+        "image_url": kandinsky_emulator.sample_image_url,
+        "resolution": "256P",
+        "duration": 1,
+        "destination": str(tmp_path),
+        "credentials": credentials,
+        "poll_interval_seconds": 0.05,
+    }
+
+    first = await flow(**parameters, slot=slot)
+    again = await flow(**parameters, slot=slot.astimezone(timezone(timedelta(hours=2))))
+
+    assert 1 == kandinsky_emulator.state.count("submit")
+    assert first.request_id == again.request_id
+    assert [Path(first.uri).name] == [p.name for p in tmp_path.glob("*.mp4")]
+
+    following = await flow(**parameters, slot=slot + timedelta(days=1))
+
+    assert 2 == kandinsky_emulator.state.count("submit")
+    assert following.request_id != first.request_id
+
+
+# -- end to end: server, deploy, worker, run ---------------------------------------------
+
+SAVE_BLOCK = """\
+import os
+from prefect_kandinsky import KandinskyCredentials
+
+KandinskyCredentials(
+    api_key=os.environ["KANDINSKY_API_KEY"], base_url=os.environ["KANDINSKY_BASE_URL"]
+).save("kandinsky", overwrite=True)
+"""
+SERVER_START_TIMEOUT = 120.0
+COMMAND_TIMEOUT = 120.0
+RUN_TIMEOUT = 180
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _descendants(pid: int) -> list[int]:
+    """Child processes of ``pid``, recursively (flow runs start in a session of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+class _Processes:
+    """The subprocesses of one test, their logs, and their certain end."""
+
+    def __init__(self, logs: Path, env: dict[str, str]) -> None:
+        self.logs = logs
+        self.env = env
+        self.started: dict[str, subprocess.Popen[bytes]] = {}
+        logs.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, args: list[str], **env: str) -> subprocess.Popen[bytes]:
+        with (self.logs / f"{name}.log").open("wb") as log:
+            process = subprocess.Popen(
+                args,
+                cwd=REPO,
+                env={**self.env, **env},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.started[name] = process
+        return process
+
+    def output(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def wait_ok(self, *names: str, timeout: float = COMMAND_TIMEOUT) -> None:
+        for name in names:
+            code = self.started[name].wait(timeout=timeout)
+            assert 0 == code, f"`{name}` exited {code}:\n{self.output(name)}"
+
+    def stop_all(self) -> None:
+        for process in reversed(list(self.started.values())):
+            if process.poll() is not None:
+                continue
+            family = _descendants(process.pid)
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+            for pid in family:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def dump(self) -> None:
+        for name in self.started:
+            lines = self.output(name).splitlines()
+            print(f"\n===== {name} (last 200 lines) =====")
+            print("\n".join(lines[-200:]))
+
+
+def _isolated_env(home: Path, api_url: str) -> dict[str, str]:
+    """The environment of a new user's shell: its own Prefect home, API and no prompts."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "KANDINSKY_"))}
+    env.update(
+        {
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_URL": api_url,
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_ENABLED": "false",
+            "PREFECT_CLI_PROMPT": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+            "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
+            "PWD": str(REPO),
+            "COLUMNS": "200",
+        }
+    )
+    return env
+
+
+def _wait_until_healthy(api_url: str, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "the Prefect server exited during start-up"
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"the Prefect server did not answer within {SERVER_START_TIMEOUT}s")
+
+
+def _frames(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def _run_deployment(name: str, **parameters: str) -> list[str]:
+    params = [arg for k, v in parameters.items() for arg in ("--param", f"{k}={v}")]
+    watch = ["--watch", "--watch-timeout", str(RUN_TIMEOUT)]
+    return [PREFECT, "deployment", "run", name, *params, *watch]
+
+
+@pytest.mark.e2e
+def test_deployments_run_on_a_process_worker(
+    kandinsky_emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """Deployed from the YAML, on-demand stores a 25-frame MP4; two runs of one slot pay once."""
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    videos = tmp_path / "videos"
+    daily_videos = tmp_path / "daily"
+    small = {
+        "image_url": kandinsky_emulator.sample_image_url,
+        "resolution": "256P",
+        "duration": "1",
+        "poll_interval_seconds": "0.05",
+    }
+    processes = _Processes(tmp_path / "logs", _isolated_env(tmp_path / "prefect-home", api_url))
+    passed = False
+    try:
+        server = processes.start(
+            "server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+        )
+        _wait_until_healthy(api_url, server)
+        processes.start(
+            "save-block",
+            [sys.executable, "-c", SAVE_BLOCK],
+            KANDINSKY_API_KEY=kandinsky_emulator.api_key,
+            KANDINSKY_BASE_URL=kandinsky_emulator.base_url,
+        )
+        processes.start(
+            "work-pool", [PREFECT, "work-pool", "create", WORK_POOL, "--type", "process"]
+        )
+        processes.wait_ok("save-block", "work-pool")
+        processes.start(
+            "deploy", [PREFECT, "deploy", "--prefect-file", "deployments/prefect.yaml", "--all"]
+        )
+        processes.start("worker", [PREFECT, "worker", "start", "--pool", WORK_POOL])
+        processes.wait_ok("deploy")
+
+        processes.start(
+            "on-demand",
+            _run_deployment(
+                "generate-video/on-demand",
+                prompt="The sun rises over the hills, the camera pushes in.",
+                destination=str(videos),
+                **small,
+            ),
+        )
+        for run in ("daily-slot", "daily-slot-again"):  # at once: a re-trigger of one slot
+            processes.start(
+                run,
+                _run_deployment(
+                    "scheduled-video/daily",
+                    slot="2026-05-22T06:00:00Z",
+                    destination=str(daily_videos),
+                    **small,
+                ),
+            )
+        processes.wait_ok("on-demand", "daily-slot", "daily-slot-again", timeout=RUN_TIMEOUT + 30)
+
+        match = re.search(r"UUID: ([0-9a-f-]{36})", processes.output("on-demand"))
+        assert match, processes.output("on-demand")
+        with httpx.Client(base_url=api_url, timeout=10) as api:
+            flow_run = api.get(f"/flow_runs/{match.group(1)}").json()
+            deployment = api.get("/deployments/name/generate-video/on-demand").json()
+            daily = api.get("/deployments/name/scheduled-video/daily").json()
+            artifacts = api.post(
+                "/artifacts/filter", json={"flow_runs": {"id": {"any_": [flow_run["id"]]}}}
+            ).json()
+
+        assert "COMPLETED" == flow_run["state"]["type"]
+        stored_videos = sorted(videos.glob("*.mp4"))
+        assert 1 == len(stored_videos)
+        assert 25 == _frames(stored_videos[0])
+        assert 1 == len(list(daily_videos.glob("*.mp4")))
+        assert 2 == kandinsky_emulator.state.count("submit")  # on-demand, and the slot once
+        assert [
+            {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
+        ] == deployment["pull_steps"]
+        assert [(False, "0 6 * * *")] == [
+            (s["active"], s["schedule"]["cron"]) for s in daily["schedules"]
+        ]
+        stored = {a["key"].split("-")[1]: a["data"] for a in artifacts}
+        assert f"(file://{stored_videos[0]})" in stored["video"]  # the link to the stored MP4
+        assert "| Frames | 25 at 24 fps |" in stored["summary"]
+        passed = True
+    finally:
+        processes.stop_all()
+        if not passed:
+            processes.dump()
