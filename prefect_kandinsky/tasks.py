@@ -8,7 +8,7 @@ task, a retried flow run or a re-run with the same idempotency key never pays tw
 - ``persist_video`` is cached by request id, destination and file name.
 
 Cache keys never contain credentials. Results go to Prefect's result storage: local by default;
-set ``PREFECT_DEFAULT_RESULT_STORAGE_BLOCK`` (for example to a saved ``S3Bucket``) when workers
+set ``PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK`` (for example to a saved ``S3Bucket``) when workers
 on several machines must share them.
 """
 
