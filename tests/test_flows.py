@@ -84,7 +84,7 @@ async def test_generate_video_writes_the_mp4_and_links_it(
     assert "The sun rises over the hills." in str(summary.data)
     assert f"![input image]({kandinsky_emulator.sample_image_url})" in str(summary.data)
     assert "| 256P |" in str(summary.data) and "unknown" in str(summary.data)
-    assert "| PROCESSING |" in str(summary.data) and "after creation" in str(summary.data)
+    assert "| created |" in str(summary.data) and "after creation" in str(summary.data)
     assert 100.0 == progress.data
     for artifact in found.values():
         assert credentials.api_key.get_secret_value() not in str(artifact.data)
