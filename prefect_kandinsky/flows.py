@@ -80,6 +80,7 @@ async def generate_video(
     wait_timeout_seconds: float = DEFAULT_WAIT_TIMEOUT_SECONDS,
     poll_interval_seconds: float = DEFAULT_POLL_INTERVAL,
     resubmit_on_system_error: bool = False,
+    rate_limit: str | None = None,
 ) -> PersistedVideo:
     """Generate one video from an image and a prompt, and store it.
 
@@ -103,6 +104,8 @@ async def generate_video(
         poll_interval_seconds: First wait between two status reads.
         resubmit_on_system_error: Submit once more if the gateway reports a system error
             (ERROR, documented as not charged).
+        rate_limit: A Prefect global concurrency limit (with slot decay) that every submit
+            takes a slot of, so all workers share one gateway rate.
 
     Returns:
         The stored video.
@@ -135,7 +138,7 @@ async def generate_video(
     )
     creds = await load_credentials(credentials)
     target = await load_destination(destination)
-    job = await submit_video(request, creds, idempotency_key=idempotency_key)
+    job = await submit_video(request, creds, idempotency_key=idempotency_key, rate_limit=rate_limit)
     try:
         video = await await_video(
             job,
@@ -149,7 +152,10 @@ async def generate_video(
         logger.warning("%s; submitting once more (system errors are not charged)", exc)
         scope = idempotency_key or f"flow-run-{runtime_flow_run.id}"
         job = await submit_video(
-            request, creds, idempotency_key=f"{scope}-resubmit-after-system-error"
+            request,
+            creds,
+            idempotency_key=f"{scope}-resubmit-after-system-error",
+            rate_limit=rate_limit,
         )
         video = await await_video(
             job,

@@ -22,6 +22,7 @@ from typing import Any
 from prefect import Task, task
 from prefect.cache_policies import CachePolicy
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.concurrency.asyncio import rate_limit as acquire_rate_limit
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 from prefect.runtime import task_run as runtime_task_run
@@ -52,6 +53,7 @@ from prefect_kandinsky.models import (
     StatusResponse,
     VideoJob,
     VideoRequest,
+    WebhookMode,
 )
 from prefect_kandinsky.storage import Destination, destination_key, persist_media
 
@@ -258,7 +260,8 @@ async def submit_video(
     acceleration: str | None = None,
     idempotency_key: str | None = None,
     webhook_url: str | None = None,
-    webhook_mode: str | None = None,
+    webhook_mode: WebhookMode | None = None,
+    rate_limit: str | None = None,
 ) -> VideoJob:
     """Submit one image-to-video generation; the gateway bills it.
 
@@ -278,6 +281,10 @@ async def submit_video(
         idempotency_key: A key that makes the submit happen once across flow runs.
         webhook_url: An https endpoint the gateway POSTs the final status to.
         webhook_mode: "terminal" or "sync".
+        rate_limit: The name of a Prefect global concurrency limit with slot decay; each
+            submit takes one slot first, so every worker shares one gateway rate. The limit
+            must exist (``prefect gcl create kandinsky-submits --limit 10
+            --slot-decay-per-second 0.5``); a missing one is an error, not a silent pass.
 
     Returns:
         The queued job: request id, polling URL, the request and its cost estimate.
@@ -317,12 +324,10 @@ async def submit_video(
         video.duration,
         video.estimated_cost_label,
     )
+    if rate_limit:
+        await acquire_rate_limit(rate_limit, strict=True)
     async with creds.get_client(logger=logger) as client:
-        answer = await client.submit(
-            video,
-            webhook_url=webhook_url,
-            webhook_mode=webhook_mode,  # type: ignore[arg-type]
-        )
+        answer = await client.submit(video, webhook_url=webhook_url, webhook_mode=webhook_mode)
     logger.info("Gateway queued %s (status %s)", answer.request_id, answer.status.value)
     return VideoJob(
         request_id=answer.request_id,

@@ -285,3 +285,27 @@ async def test_the_key_is_in_no_parameter_log_result_or_artifact(
     assert [] == leaked
     assert all(r.key_present for r in kandinsky_emulator.state.requests("submit"))
     assert not any(r.key_present for r in kandinsky_emulator.state.requests("media"))
+
+
+async def test_submits_take_a_slot_of_a_shared_rate_limit(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """A named global rate limit gates each submit; a missing one fails before paying."""
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    name = f"kandinsky-submits-{uuid4().hex[:8]}"
+    missing = await run(**params(kandinsky_emulator, tmp_path, credentials, rate_limit=name))
+    assert missing.is_failed()
+    with pytest.raises(Exception, match=name):
+        await missing.result()  # type: ignore[misc]
+    assert 0 == kandinsky_emulator.state.count("submit")
+
+    async with get_client() as client:
+        await client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=name, limit=5, slot_decay_per_second=0.01)
+        )
+        state = await run(**params(kandinsky_emulator, tmp_path, credentials, rate_limit=name))
+        assert state.is_completed()
+        limit = await client.read_global_concurrency_limit_by_name(name)
+    assert 1 == kandinsky_emulator.state.count("submit")
+    assert 1 == limit.active_slots, "the submit occupied one slot, decaying at 0.01/s"
