@@ -608,7 +608,32 @@ class _InProcess:
         return app
 
 
-class EmulatorTransport(httpx.AsyncBaseTransport):
+class _InProcessFacade:
+    """What both in-process transports show of their emulator, like :class:`EmulatorServer`."""
+
+    def _attach(self, inner: _InProcess) -> None:
+        self._inner = inner
+        self.state = inner.state
+        self.base_url = inner.base_url
+        self.cdn_url = inner.cdn_url
+        self.engine = inner.engine
+
+    @property
+    def api_key(self) -> str:
+        """A subscription key the gateway accepts."""
+        return self._inner.api_key
+
+    @property
+    def sample_image_url(self) -> str:
+        """The CDN URL of the bundled sample image."""
+        return self._inner.sample_image_url
+
+    def upload(self, content: bytes, content_type: str = "image/png") -> str:
+        """Keep an image on the CDN and return its URL."""
+        return self._inner.upload(content, content_type)
+
+
+class EmulatorTransport(_InProcessFacade, httpx.AsyncBaseTransport):
     """An async httpx transport serving the emulator's gateway and CDN inside the process.
 
     Attributes mirror :class:`EmulatorServer`: ``state``, ``base_url``, ``cdn_url``,
@@ -624,25 +649,7 @@ class EmulatorTransport(httpx.AsyncBaseTransport):
         cdn_url: str = IN_PROCESS_CDN_URL,
         run_engine: bool = True,
     ) -> None:
-        self._inner = _InProcess(state, config, gateway_url, cdn_url, run_engine)
-        self.state = self._inner.state
-        self.base_url = self._inner.base_url
-        self.cdn_url = self._inner.cdn_url
-        self.engine = self._inner.engine
-
-    @property
-    def api_key(self) -> str:
-        """A subscription key the gateway accepts."""
-        return self._inner.api_key
-
-    @property
-    def sample_image_url(self) -> str:
-        """The CDN URL of the bundled sample image."""
-        return self._inner.sample_image_url
-
-    def upload(self, content: bytes, content_type: str = "image/png") -> str:
-        """Keep an image on the CDN and return its URL."""
-        return self._inner.upload(content, content_type)
+        self._attach(_InProcess(state, config, gateway_url, cdn_url, run_engine))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         app = self._inner.app_for(request)
@@ -663,7 +670,7 @@ class EmulatorTransport(httpx.AsyncBaseTransport):
             self.engine.stop()
 
 
-class EmulatorSyncTransport(httpx.BaseTransport):
+class EmulatorSyncTransport(_InProcessFacade, httpx.BaseTransport):
     """The synchronous twin of :class:`EmulatorTransport` (the apps run on a private loop)."""
 
     def __init__(
@@ -675,28 +682,10 @@ class EmulatorSyncTransport(httpx.BaseTransport):
         cdn_url: str = IN_PROCESS_CDN_URL,
         run_engine: bool = True,
     ) -> None:
-        self._inner = _InProcess(state, config, gateway_url, cdn_url, run_engine)
-        self.state = self._inner.state
-        self.base_url = self._inner.base_url
-        self.cdn_url = self._inner.cdn_url
-        self.engine = self._inner.engine
+        self._attach(_InProcess(state, config, gateway_url, cdn_url, run_engine))
         self._portal_context: contextlib.AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
         self._lock = threading.Lock()
-
-    @property
-    def api_key(self) -> str:
-        """A subscription key the gateway accepts."""
-        return self._inner.api_key
-
-    @property
-    def sample_image_url(self) -> str:
-        """The CDN URL of the bundled sample image."""
-        return self._inner.sample_image_url
-
-    def upload(self, content: bytes, content_type: str = "image/png") -> str:
-        """Keep an image on the CDN and return its URL."""
-        return self._inner.upload(content, content_type)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         app = self._inner.app_for(request)
