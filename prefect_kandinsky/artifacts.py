@@ -14,7 +14,6 @@ from prefect.artifacts import (
     acreate_link_artifact,
     acreate_markdown_artifact,
     acreate_progress_artifact,
-    acreate_table_artifact,
     aupdate_progress_artifact,
 )
 from prefect.context import FlowRunContext, TaskRunContext
@@ -152,23 +151,6 @@ async def publish_video_artifacts(
         )
     )
     return ids
-
-
-async def publish_batch_table(videos: list[PersistedVideo], *, key: str) -> UUID | None:
-    """A table artifact with one row per persisted video."""
-    if not _in_run():
-        return None
-    rows = [
-        {
-            "request_id": v.request_id,
-            "uri": v.uri,
-            "bytes": v.size_bytes,
-            "sha256": v.sha256[:12],
-            "frames": v.frames,
-        }
-        for v in videos
-    ]
-    return await acreate_table_artifact(table=rows, key=key, description="Generated videos.")
 
 
 class WaitProgress:

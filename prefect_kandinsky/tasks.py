@@ -99,8 +99,11 @@ def _gateway_identity(credentials: KandinskyCredentials | None) -> tuple[str, st
 
 
 @dataclass
-class SubmitCachePolicy(CachePolicy):
-    """Key a submit by request and idempotency key, or by request within one flow run."""
+class _InputsKeyPolicy(CachePolicy):
+    """Hash the parts ``key_parts`` picks from a call's inputs; None means do not cache."""
+
+    def key_parts(self, task_ctx: TaskRunContext, inputs: dict[str, Any]) -> tuple[Any, ...] | None:
+        raise NotImplementedError
 
     def compute_key(
         self,
@@ -109,6 +112,15 @@ class SubmitCachePolicy(CachePolicy):
         flow_parameters: dict[str, Any],
         **kwargs: Any,
     ) -> str | None:
+        parts = self.key_parts(task_ctx, inputs)
+        return None if parts is None else hash_objects(*parts)
+
+
+@dataclass
+class SubmitCachePolicy(_InputsKeyPolicy):
+    """Key a submit by request and idempotency key, or by request within one flow run."""
+
+    def key_parts(self, task_ctx: TaskRunContext, inputs: dict[str, Any]) -> tuple[Any, ...] | None:
         try:
             request = _request_from_inputs(inputs)
         except ValueError:
@@ -117,7 +129,7 @@ class SubmitCachePolicy(CachePolicy):
         if not scope:
             run = task_ctx.task_run
             scope = ("flow-run", str(run.flow_run_id or run.id))
-        return hash_objects(
+        return (
             "kandinsky-submit",
             scope,
             request.to_payload(),
@@ -127,39 +139,25 @@ class SubmitCachePolicy(CachePolicy):
 
 
 @dataclass
-class AwaitCachePolicy(CachePolicy):
+class AwaitCachePolicy(_InputsKeyPolicy):
     """Key a wait by the generation's request id alone."""
 
-    def compute_key(
-        self,
-        task_ctx: TaskRunContext,
-        inputs: dict[str, Any],
-        flow_parameters: dict[str, Any],
-        **kwargs: Any,
-    ) -> str | None:
+    def key_parts(self, task_ctx: TaskRunContext, inputs: dict[str, Any]) -> tuple[Any, ...] | None:
         job = inputs.get("job")
         if not job:
             return None
-        return hash_objects(
-            "kandinsky-await", _request_id(job), _gateway_identity(inputs.get("credentials"))
-        )
+        return ("kandinsky-await", _request_id(job), _gateway_identity(inputs.get("credentials")))
 
 
 @dataclass
-class PersistCachePolicy(CachePolicy):
+class PersistCachePolicy(_InputsKeyPolicy):
     """Key a persist by request id, destination and file name."""
 
-    def compute_key(
-        self,
-        task_ctx: TaskRunContext,
-        inputs: dict[str, Any],
-        flow_parameters: dict[str, Any],
-        **kwargs: Any,
-    ) -> str | None:
+    def key_parts(self, task_ctx: TaskRunContext, inputs: dict[str, Any]) -> tuple[Any, ...] | None:
         video = inputs.get("video")
         if not isinstance(video, CompletedVideo):
             return None
-        return hash_objects(
+        return (
             "kandinsky-persist",
             video.request_id,
             destination_key(inputs.get("destination", "output")),
