@@ -5,9 +5,12 @@ The client is the only place that speaks HTTP to the gateway, and the only place
 - status reads and media downloads retry on 429 (honouring ``Retry-After``), 5xx and
   connection errors, with capped exponential backoff and jitter;
 - a submit is retried only where the gateway cannot have queued the job (429, a connection
-  that was never established); anything ambiguous raises
+  that was never established); anything after which the job may exist (a 5xx, a connection
+  cut after the request was sent, a 2xx without a request id) raises
   :class:`~prefect_kandinsky.exceptions.KandinskySubmitUncertainError` and is never resent,
-  because a second submit is a second bill.
+  because a second submit is a second bill;
+- a media download cut short resumes with a Range request at the byte after the last one
+  received.
 
 The subscription key is sent only to the gateway's origin, never to the media CDN.
 
@@ -74,6 +77,7 @@ from prefect_kandinsky.exceptions import (
     KandinskyPermissionDeniedError,
     KandinskyRateLimitError,
     KandinskyServerError,
+    KandinskySubmitServerError,
     KandinskySubmitUncertainError,
     KandinskySystemError,
     KandinskyTimeoutError,
@@ -188,18 +192,32 @@ class MediaStream:
         self._max_resumes = max_resumes
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """Yield the body in chunks; a short read is resumed from where it stopped."""
+        """Yield the body in chunks of ``chunk_size`` bytes; a cut is resumed at its byte.
+
+        Every byte that arrived is yielded, so a chunk may be shorter at the end of the file
+        and where the connection broke; the Range request then starts at the next byte.
+        """
         received = 0
+        pending = bytearray()
         while True:
             failure: Exception | None = None
             try:
-                async for chunk in self._response.aiter_bytes(self._chunk_size):
-                    received += len(chunk)
-                    yield chunk
+                # The raw stream hands over each byte as it arrives (with Accept-Encoding:
+                # identity raw bytes are the file's bytes); aiter_bytes(chunk_size) would hold
+                # back a partial chunk and lose it when the connection breaks.
+                async for data in self._response.aiter_raw():
+                    received += len(data)
+                    pending += data
+                    while len(pending) >= self._chunk_size:
+                        yield bytes(pending[: self._chunk_size])
+                        del pending[: self._chunk_size]
             except _SHORT_READ as exc:
                 failure = exc
             finally:
                 await self._response.aclose()
+            if pending:
+                yield bytes(pending)
+                pending.clear()
             if failure is None and (self.content_length is None or received >= self.content_length):
                 break
             if self.content_length is None or self.resumes >= self._max_resumes:
@@ -331,8 +349,10 @@ class KandinskyClient:
             webhook_mode: ``terminal`` (one callback at the end) or ``sync`` (one per poll).
 
         Raises:
-            KandinskySubmitUncertainError: the gateway may have queued the job but its answer
-                was lost; it is not resent.
+            KandinskySubmitUncertainError: the gateway may have queued (and billed) the job:
+                a 5xx (as ``KandinskySubmitServerError``, also a ``KandinskyServerError``), a
+                connection cut after the request was sent, or a 2xx without a request id. It
+                is not resent.
             KandinskyAPIError: the gateway refused the request (subclass per status code).
         """
         video = request if isinstance(request, VideoRequest) else VideoRequest(**request)
@@ -356,10 +376,19 @@ class KandinskyClient:
         try:
             return SubmitResponse.model_validate(response.json())
         except (ValueError, ValidationError) as exc:
+            error, gateway_message = _error_body(response)
+            said = ": ".join(part for part in (error, gateway_message) if part)
             raise KandinskySubmitUncertainError(
-                f"The gateway accepted a submit ({response.status_code}) but its answer had no "
-                "readable request_id; the job may exist and be billed: check the gateway "
-                "before submitting again"
+                self._redact(
+                    f"The submit to {self.base_url} was answered {response.status_code} "
+                    + (f"({said}) " if said else "")
+                    + "without a readable request_id and was not resent: the job may exist "
+                    "and be billed: "
+                    f"{_check_before_resubmitting(webhook_url is not None)}"
+                ),
+                status_code=response.status_code,
+                error=error,
+                gateway_message=gateway_message,
             ) from exc
 
     async def get_status(self, request_id: str) -> StatusResponse:
@@ -455,10 +484,18 @@ class KandinskyClient:
     ) -> AsyncIterator[MediaStream]:
         """Open a media URL for streaming, without the subscription key.
 
+        Args:
+            url: The media URL.
+            request_id: The generation it belongs to, named in errors.
+            chunk_size: Bytes per chunk yielded by :meth:`MediaStream.chunks`.
+            max_resumes: Range requests allowed to resume a body cut short.
+
         Raises:
             KandinskyMediaExpiredError: the CDN answered 403 or 404.
             KandinskyMediaError: the download failed otherwise.
         """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be 1 or more; got {chunk_size}")
         response = await self._open_media_response(url, start=0, request_id=request_id)
         stream = MediaStream(
             self,
@@ -518,8 +555,9 @@ class KandinskyClient:
                 if kind == "submit" and not isinstance(exc, _NEVER_SENT):
                     raise KandinskySubmitUncertainError(
                         f"The submit to {self.base_url} broke off after it was sent "
-                        f"({type(exc).__name__}); the gateway may have queued and billed the "
-                        "job: check for it before submitting again",
+                        f"({type(exc).__name__}) and was not resent: the gateway may have "
+                        "queued and billed the job: "
+                        f"{_check_before_resubmitting(WEBHOOK_URL_HEADER in all_headers)}",
                     ) from exc
                 if attempt >= self.max_retries:
                     raise _transport_error(exc, url, request_id, attempt) from exc
@@ -539,7 +577,12 @@ class KandinskyClient:
                 )
                 if not retryable or attempt >= self.max_retries:
                     if response.is_error:
-                        raise self._api_error(response, kind=kind, request_id=request_id)
+                        raise self._api_error(
+                            response,
+                            kind=kind,
+                            request_id=request_id,
+                            webhook=WEBHOOK_URL_HEADER in all_headers,
+                        )
                     return response
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 delay = retry_after if retry_after is not None else self._backoff(attempt)
@@ -556,13 +599,34 @@ class KandinskyClient:
             await self._sleep(delay)
 
     def _api_error(
-        self, response: httpx.Response, *, kind: _Kind, request_id: str | None
+        self,
+        response: httpx.Response,
+        *,
+        kind: _Kind,
+        request_id: str | None,
+        webhook: bool = False,
     ) -> KandinskyAPIError:
         code = response.status_code
         error, gateway_message = _error_body(response)
         detail = (
             ": ".join(part for part in (error, gateway_message) if part) or response.reason_phrase
         )
+        kwargs: dict[str, Any] = {
+            "status_code": code,
+            "error": error,
+            "gateway_message": gateway_message,
+            "request_id": request_id,
+        }
+        if code >= 500 and kind == "submit":
+            # The gateway may have committed (and billed) the job before failing.
+            return KandinskySubmitServerError(
+                self._redact(
+                    f"The submit to {self.base_url} was answered {code} by the gateway "
+                    f"({detail}) and was not resent: the gateway may have queued and billed "
+                    f"the job: {_check_before_resubmitting(webhook)}"
+                ),
+                **kwargs,
+            )
         subject = f"Status read of {request_id}" if request_id else f"The {kind}"
         message = f"{subject} was refused by the gateway with {code}: {detail}"
         if code in _WAY_OUT:
@@ -571,23 +635,17 @@ class KandinskyClient:
         if code == 429:
             wait = f"{retry_after:.0f}s" if retry_after is not None else "a while"
             message += f" (rate limited after {self.max_retries} retries; retry after {wait})"
-        if code >= 500 and kind == "submit":
-            message += (
-                " (not resent: the gateway may have queued and billed the job; check for it "
-                "before submitting again)"
-            )
-        if self._api_key is not None:
-            message = message.replace(self._api_key.get_secret_value(), "***")
-        kwargs: dict[str, Any] = {
-            "status_code": code,
-            "error": error,
-            "gateway_message": gateway_message,
-            "request_id": request_id,
-        }
+        message = self._redact(message)
         if code == 429:
             return KandinskyRateLimitError(message, retry_after=retry_after, **kwargs)
         cls = _API_ERRORS.get(code, KandinskyServerError if code >= 500 else KandinskyAPIError)
         return cls(message, **kwargs)
+
+    def _redact(self, message: str) -> str:
+        """The message with the subscription key, should the gateway echo it, masked."""
+        if self._api_key is None:
+            return message
+        return message.replace(self._api_key.get_secret_value(), "***")
 
     async def _open_media_response(
         self, url: str, *, start: int, request_id: str | None, if_range: str | None = None
@@ -617,6 +675,19 @@ class KandinskyClient:
                 delay = self._backoff(attempt)
             else:
                 code = response.status_code
+                encoding = response.headers.get("content-encoding", "").strip().lower()
+                if code < 400 and encoding not in ("", "identity"):
+                    await response.aclose()
+                    raise KandinskyMediaError(
+                        f"The CDN sent {url}"
+                        + (f" of {request_id}" if request_id else "")
+                        + f" with Content-Encoding {encoding!r} although identity was asked "
+                        "for: its bytes are not the file's and a cut could not be resumed at "
+                        "the right byte; have the CDN serve the file uncompressed",
+                        request_id=request_id,
+                        url=url,
+                        status_code=code,
+                    )
                 if code < 400:
                     return response
                 await response.aclose()
@@ -687,6 +758,13 @@ def _transport_error(
         f"{retries} retries",
         request_id=request_id,
     )
+
+
+def _check_before_resubmitting(webhook: bool) -> str:
+    """The way out of an uncertain submit, for its error message."""
+    if webhook:
+        return "check for it (its webhook is called if it was queued) before submitting again"
+    return "check for it before submitting again"
 
 
 async def _call(callback: StatusCallback | None, status: StatusResponse) -> None:

@@ -9,19 +9,31 @@ KandinskyError
 │   ├── KandinskyPermissionDeniedError  403
 │   ├── KandinskyNotFoundError          404
 │   ├── KandinskyRateLimitError         429, with retry_after seconds
-│   └── KandinskyServerError            5xx
+│   └── KandinskyServerError            5xx (to a submit: KandinskySubmitServerError, below)
 ├── KandinskyConnectionError            no usable answer: refused, reset, timed out
 │   ├── KandinskyTimeoutError           the request timed out
-│   └── KandinskySubmitUncertainError   a submit may have queued a job; never resent
+│   └── KandinskySubmitUncertainError   a submit may have queued a job; never resent:
+│       │                               cut after sending, or a 2xx without a request_id
+│       └── KandinskySubmitServerError  a 5xx to a submit; also a KandinskyServerError
 ├── KandinskyJobError                   a generation did not complete
 │   ├── KandinskyGenerationFailedError  status FAILED, with the gateway's error text
 │   ├── KandinskySystemError            status ERROR (system error, documented as not charged)
 │   └── KandinskyWaitTimeoutError       the wait deadline passed while the job still runs
-└── KandinskyMediaError                 downloading or storing the output media failed
-    └── KandinskyMediaExpiredError      the CDN link answered 403/404: it has expired
+├── KandinskyMediaError                 downloading or storing the output media failed
+│   └── KandinskyMediaExpiredError      the CDN link answered 403/404: it has expired
+└── KandinskyImageError                 the input image failed the check before the submit
 ```
 
 Every error carries the request id where one is known. No message ever contains the API key.
+
+A submit after which the job may exist (and be billed) is never resent and always raises
+``KandinskySubmitUncertainError``, whose ``status_code``, ``error`` and ``gateway_message`` hold
+the gateway's answer where there was one. A connection cut after the submit was sent, or a 2xx
+answer without a request_id, raises ``KandinskySubmitUncertainError`` itself. A 5xx raises its
+subclass ``KandinskySubmitServerError``, which is also a ``KandinskyServerError`` (and so a
+``KandinskyAPIError``): ``except KandinskyServerError`` still catches it. Every uncertain submit
+is a ``KandinskyConnectionError`` too, so catch ``KandinskySubmitUncertainError`` first where
+they are handled differently.
 """
 
 from __future__ import annotations
@@ -130,8 +142,53 @@ class KandinskySubmitUncertainError(KandinskyConnectionError):
     """A submit failed after the gateway may have queued the job.
 
     It is never resent automatically: look the job up on the gateway (or wait for its
-    webhook) before submitting again, or you may pay twice.
+    webhook) before submitting again, or you may pay twice. ``status_code``, ``error`` and
+    ``gateway_message`` hold the gateway's answer, or None where none came.
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        error: str | None = None,
+        gateway_message: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.status_code = status_code
+        self.error = error
+        self.gateway_message = gateway_message
+
+
+class KandinskySubmitServerError(KandinskySubmitUncertainError, KandinskyServerError):
+    """5xx to a submit: the gateway may have queued and billed the job before failing.
+
+    Both a :class:`KandinskySubmitUncertainError` (never resent) and a
+    :class:`KandinskyServerError`, with the same attributes.
+    """
+
+    status_code: int
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        error: str | None = None,
+        gateway_message: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        # The two bases take different keywords; KandinskyAPIError sets every attribute
+        # KandinskySubmitUncertainError would, and hands on to KandinskyError.
+        KandinskyAPIError.__init__(
+            self,
+            message,
+            status_code=status_code,
+            error=error,
+            gateway_message=gateway_message,
+            request_id=request_id,
+        )
 
 
 class KandinskyJobError(KandinskyError):
@@ -196,3 +253,24 @@ class KandinskyMediaError(KandinskyError):
 
 class KandinskyMediaExpiredError(KandinskyMediaError):
     """The CDN answered 403 or 404 for a media URL: the link has expired or was removed."""
+
+
+class KandinskyImageError(KandinskyError):
+    """The input image failed the check made before the submit; nothing was submitted.
+
+    ``url`` is the image URL, ``status_code`` and ``content_type`` what its host answered
+    (None where no answer came).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        status_code: int | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status_code = status_code
+        self.content_type = content_type

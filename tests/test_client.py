@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import logging
 import pickle
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,11 +15,14 @@ import respx
 
 from prefect_kandinsky import (
     JobStatus,
+    KandinskyAPIError,
     KandinskyAuthenticationError,
     KandinskyBadRequestError,
     KandinskyClient,
+    KandinskyConnectionError,
     KandinskyGenerationFailedError,
     KandinskyInsufficientBalanceError,
+    KandinskyMediaError,
     KandinskyMediaExpiredError,
     KandinskyNotFoundError,
     KandinskyPermissionDeniedError,
@@ -78,6 +84,8 @@ async def test_submit_then_wait_reports_each_transition_once(
     client: KandinskyClient, kandinsky_emulator: Any
 ) -> None:
     """A job goes QUEUED, PROCESSING, COMPLETED; each change is reported exactly once."""
+    # Long enough for the first read to see each status even on a loaded machine.
+    kandinsky_emulator.configure(queue_seconds=0.5, processing_seconds=0.3)
     job = await client.submit(tiny_request(kandinsky_emulator))
     assert JobStatus.QUEUED == job.status
     assert job.polling_url and job.polling_url.endswith(job.request_id)
@@ -101,7 +109,7 @@ async def test_submit_then_wait_reports_each_transition_once(
     [
         (400, KandinskyBadRequestError, {"error": "Bad Request", "message": "bad prompt"}),
         (403, KandinskyPermissionDeniedError, {"error": "Forbidden", "message": "not allowed"}),
-        (500, KandinskyServerError, {"error": "Internal", "message": "boom"}),
+        (500, KandinskySubmitUncertainError, {"error": "Internal", "message": "boom"}),
     ],
 )
 async def test_injected_status_codes_map_to_their_error_class(
@@ -202,18 +210,94 @@ async def test_submit_is_never_resent_after_an_ambiguous_failure(
 ) -> None:
     """A submit whose answer is lost after queuing raises and is not repeated."""
     kandinsky_emulator.state.inject_fault("submit", action="drop", after_queue=True)
-    with pytest.raises(KandinskySubmitUncertainError, match="may have queued and billed"):
+    with pytest.raises(KandinskySubmitUncertainError, match="may have queued and billed") as caught:
         await client.submit(tiny_request(kandinsky_emulator))
+    assert isinstance(caught.value, KandinskyConnectionError)
+    assert not isinstance(caught.value, KandinskyServerError)
     assert 1 == kandinsky_emulator.state.count("submit")
     assert 1 == len(kandinsky_emulator.state.jobs())
 
 
-async def test_submit_5xx_is_not_resent(client: KandinskyClient, kandinsky_emulator: Any) -> None:
-    """A 5xx on submit is surfaced with the warning that the job may exist."""
-    kandinsky_emulator.state.inject_fault("submit", status_code=502, after_queue=True)
-    with pytest.raises(KandinskyServerError, match="not resent: the gateway may have queued"):
+@pytest.mark.parametrize("status_code", [500, 503])
+async def test_submit_5xx_is_uncertain_and_still_a_server_error(
+    client: KandinskyClient, kandinsky_emulator: Any, status_code: int
+) -> None:
+    """A 5xx to a submit raises the uncertain-submit error, also a server error, sent once."""
+    body = {"error": "Internal", "message": f"upstream failed for {kandinsky_emulator.api_key}"}
+    kandinsky_emulator.state.inject_fault("submit", status_code=status_code, body=body)
+    with pytest.raises(
+        KandinskySubmitUncertainError,
+        match=f"submit to {kandinsky_emulator.base_url} was answered {status_code} by the gateway "
+        r"\(Internal: upstream failed for \*\*\*\) and was not resent: the gateway may have "
+        "queued and billed the job: check for it before submitting again",
+    ) as caught:
         await client.submit(tiny_request(kandinsky_emulator))
+    error = caught.value
+    assert isinstance(error, KandinskyServerError)
+    assert isinstance(error, KandinskyAPIError)
+    assert (status_code, "Internal") == (error.status_code, error.error)
+    assert body["message"] == error.gateway_message
+    assert kandinsky_emulator.api_key not in str(error)
     assert 1 == kandinsky_emulator.state.count("submit")
+
+
+async def test_submit_5xx_after_queueing_is_billed_and_not_resent(
+    client: KandinskyClient, kandinsky_emulator: Any
+) -> None:
+    """A 502 after the job was queued leaves one billed job and no second submit."""
+    before = kandinsky_emulator.state.balance
+    kandinsky_emulator.state.inject_fault("submit", status_code=502, after_queue=True)
+    with pytest.raises(KandinskySubmitUncertainError, match="answered 502") as caught:
+        await client.submit(tiny_request(kandinsky_emulator, resolution="512P"))
+    assert isinstance(caught.value, KandinskyServerError)
+    assert 502 == caught.value.status_code
+    assert 1 == kandinsky_emulator.state.count("submit")
+    assert 1 == len(kandinsky_emulator.state.jobs())
+    assert before > kandinsky_emulator.state.balance
+
+
+async def test_submit_5xx_after_a_rate_limit_is_uncertain(
+    client: KandinskyClient, kandinsky_emulator: Any, fake_time: FakeTime
+) -> None:
+    """A 429 is retried; the 500 that follows it is uncertain and not resent."""
+    kandinsky_emulator.state.inject_fault("submit", status_code=429, retry_after=2)
+    kandinsky_emulator.state.inject_fault("submit", status_code=500, after_queue=True)
+    with pytest.raises(KandinskySubmitUncertainError, match="answered 500") as caught:
+        await client.submit(tiny_request(kandinsky_emulator))
+    assert isinstance(caught.value, KandinskyServerError)
+    assert [2.0] == fake_time.sleeps
+    assert 2 == kandinsky_emulator.state.count("submit")
+    assert 1 == len(kandinsky_emulator.state.jobs())
+
+
+async def test_uncertain_submit_errors_survive_pickling(
+    client: KandinskyClient, kandinsky_emulator: Any
+) -> None:
+    """Both uncertain-submit errors keep their class, message and attributes when pickled."""
+    kandinsky_emulator.state.inject_fault(
+        "submit", status_code=503, body={"error": "Unavailable", "message": "try later"}
+    )
+    kandinsky_emulator.state.inject_fault("submit", action="drop", after_queue=True)
+    caught: list[KandinskySubmitUncertainError] = []
+    for _ in range(2):
+        with pytest.raises(KandinskySubmitUncertainError) as raised:
+            await client.submit(tiny_request(kandinsky_emulator))
+        caught.append(raised.value)
+    for error in caught:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(error) is type(copy)
+        assert str(error) == str(copy)
+        assert error.__dict__ == copy.__dict__
+    server, dropped = (pickle.loads(pickle.dumps(error)) for error in caught)
+    assert isinstance(server, KandinskyServerError)
+    assert (503, "Unavailable", "try later") == (
+        server.status_code,
+        server.error,
+        server.gateway_message,
+    )
+    assert (None, None, None) == (dropped.status_code, dropped.error, dropped.gateway_message)
+    assert isinstance(dropped, KandinskyConnectionError)
+    assert not isinstance(dropped, KandinskyAPIError)
 
 
 async def test_wait_deadline_error_carries_request_id_and_status(
@@ -315,6 +399,118 @@ async def test_truncated_media_is_resumed_with_range(kandinsky_emulator: Any) ->
     assert "range" in kandinsky_emulator.state.requests("media")[-1].header_names
 
 
+async def finished_video(client: KandinskyClient, server: Any, **changes: Any) -> tuple[str, bytes]:
+    """Generate a video (256P, 1 s by default) on the emulator; return its URL and bytes."""
+    job = await client.submit(tiny_request(server, **changes))
+    status = await client.wait(job.request_id, poll_interval=0.01, max_poll_interval=0.02)
+    return status.media_urls[0], server.state.media(job.request_id)
+
+
+def media_ranges(server: Any) -> list[str | None]:
+    """The Range header of each request the CDN received, oldest first."""
+    return [record.range_header for record in server.state.requests("media")]
+
+
+async def test_cut_inside_the_only_chunk_resumes_at_the_byte_received(
+    kandinsky_emulator: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file smaller than one chunk, cut at half, resumes at that byte with a Range request."""
+    caplog.set_level(logging.INFO, logger="prefect_kandinsky.client")
+    async with KandinskyClient(
+        api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url
+    ) as client:
+        url, expected = await finished_video(client, kandinsky_emulator)
+        size, half = len(expected), len(expected) // 2
+        kandinsky_emulator.state.inject_fault("media", action="truncate", truncate_bytes=half)
+        async with client.open_media(url) as media:
+            received = [chunk async for chunk in media.chunks()]
+    assert 0 < half and size < 1024 * 1024
+    assert [None, f"bytes={half}-"] == media_ranges(kandinsky_emulator)
+    assert [half, size - half] == [len(chunk) for chunk in received]
+    assert hashlib.sha256(expected).hexdigest() == hashlib.sha256(b"".join(received)).hexdigest()
+    assert 1 == media.resumes
+    assert [
+        f"Media download of {url} cut at {half} of {size} bytes; resuming with a Range request"
+    ] == [record.getMessage() for record in caplog.records if "cut at" in record.getMessage()]
+
+
+async def test_cuts_inside_chunks_of_a_multi_chunk_file_resume_at_each_byte(
+    kandinsky_emulator: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two cuts in the middle of 4 KiB chunks resume exactly where each one stopped."""
+    caplog.set_level(logging.INFO, logger="prefect_kandinsky.client")
+    chunk_size = 4096
+    async with KandinskyClient(
+        api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url
+    ) as client:
+        url, expected = await finished_video(client, kandinsky_emulator, duration=3)
+        size = len(expected)
+        first_cut = chunk_size + 1000
+        second_cut = first_cut + chunk_size + 200
+        assert size > second_cut + chunk_size, "the video must span several chunks"
+        kandinsky_emulator.state.inject_fault("media", action="truncate", truncate_bytes=first_cut)
+        kandinsky_emulator.state.inject_fault(
+            "media", action="truncate", truncate_bytes=second_cut - first_cut
+        )
+        async with client.open_media(url, chunk_size=chunk_size) as media:
+            received = [chunk async for chunk in media.chunks()]
+    assert [None, f"bytes={first_cut}-", f"bytes={second_cut}-"] == media_ranges(kandinsky_emulator)
+    # Each part is handed over whole before its resume, then full chunks follow again.
+    rest = size - second_cut
+    tail = [min(chunk_size, rest - start) for start in range(0, rest, chunk_size)]
+    assert [chunk_size, 1000, chunk_size, 200, *tail] == [len(chunk) for chunk in received]
+    assert hashlib.sha256(expected).hexdigest() == hashlib.sha256(b"".join(received)).hexdigest()
+    assert 2 == media.resumes
+    assert [f"cut at {first_cut} of {size} bytes", f"cut at {second_cut} of {size} bytes"] == [
+        record.getMessage().split("; ")[0].split(f"{url} ")[1]
+        for record in caplog.records
+        if "cut at" in record.getMessage()
+    ]
+
+
+async def test_unresumable_cut_reports_the_bytes_received(kandinsky_emulator: Any) -> None:
+    """With no resume left, the error and the caller both have every byte that arrived."""
+    async with KandinskyClient(
+        api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url
+    ) as client:
+        url, expected = await finished_video(client, kandinsky_emulator)
+        kandinsky_emulator.state.inject_fault("media", action="truncate", truncate_bytes=1000)
+        received: list[bytes] = []
+        with pytest.raises(
+            KandinskyMediaError,
+            match=f"stopped after 1000 of {len(expected)} bytes and could not be resumed",
+        ):
+            async with client.open_media(url, chunk_size=4096, max_resumes=0) as media:
+                async for chunk in media.chunks():
+                    received.append(chunk)
+    assert expected[:1000] == b"".join(received)
+    assert [None] == media_ranges(kandinsky_emulator)
+
+
+async def test_compressed_media_is_refused(client: KandinskyClient) -> None:
+    """A CDN that compresses despite Accept-Encoding: identity is refused, not saved as is."""
+    packed = gzip.compress(b"\x00" * 5000)
+    with respx.mock:
+        route = respx.get("https://cdn.example/x.mp4").respond(
+            200, content=packed, headers={"Content-Encoding": "gzip"}
+        )
+        with pytest.raises(KandinskyMediaError, match="Content-Encoding 'gzip'"):
+            async with client.open_media("https://cdn.example/x.mp4") as media:
+                async for _ in media.chunks():
+                    pass
+    assert "identity" == route.calls.last.request.headers["accept-encoding"]
+
+
+async def test_chunk_size_must_be_positive(client: KandinskyClient) -> None:
+    """A chunk size below one byte is refused before any download starts."""
+    with respx.mock:
+        route = respx.get("https://cdn.example/x.mp4").respond(200, content=b"x")
+        with pytest.raises(ValueError, match="chunk_size must be 1 or more; got 0"):
+            async with client.open_media("https://cdn.example/x.mp4", chunk_size=0):
+                pass
+    assert not route.called
+
+
 async def test_expired_media_link_says_so(client: KandinskyClient, kandinsky_emulator: Any) -> None:
     """A 403 from the CDN raises the expired-link error, not a generic failure."""
     kandinsky_emulator.state.inject_fault("media", status_code=403)
@@ -339,17 +535,62 @@ async def test_key_is_never_sent_to_another_host() -> None:
             await client._http.send(request)
 
 
-async def test_unreadable_submit_answer_is_uncertain() -> None:
+@pytest.mark.parametrize(
+    ("answer", "gateway_message"),
+    [({"text": "<html>oops</html>"}, "<html>oops</html>"), ({"json": {"status": "QUEUED"}}, None)],
+    ids=["not-json", "no-request-id"],
+)
+async def test_unreadable_submit_answer_is_uncertain(
+    answer: dict[str, Any], gateway_message: str | None
+) -> None:
     """A 202 without a readable request id says the job may exist."""
     async with KandinskyClient(
         api_key="k", base_url="https://gateway.example", max_retries=0
     ) as client:
         with respx.mock:
-            respx.post(
+            route = respx.post(
                 "https://gateway.example/kandinsky-5-0-pro-953/v1/kandinsky-5-0-pro-request"
-            ).respond(202, text="<html>oops</html>")
-            with pytest.raises(KandinskySubmitUncertainError, match="may exist and be billed"):
+            ).respond(202, **answer)
+            with pytest.raises(
+                KandinskySubmitUncertainError, match="may exist and be billed"
+            ) as caught:
                 await client.submit(VideoRequest(prompt="p", image_url="https://example.com/a.png"))
+    assert (202, gateway_message) == (caught.value.status_code, caught.value.gateway_message)
+    assert 1 == route.call_count
+
+
+@pytest.mark.parametrize("failure", [httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError])
+async def test_submit_cut_after_sending_is_uncertain_and_names_the_webhook(
+    failure: type[httpx.TransportError], fake_time: FakeTime
+) -> None:
+    """A submit cut after it was sent is sent once; the message points to its webhook."""
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        raise failure("cut", request=request)
+
+    async with KandinskyClient(
+        api_key="k-secret",
+        base_url="https://gateway.example",
+        transport=httpx.MockTransport(handler),
+        sleep=fake_time.sleep,
+    ) as client:
+        with pytest.raises(
+            KandinskySubmitUncertainError,
+            match=f"broke off after it was sent \\({failure.__name__}\\) and was not resent: "
+            "the gateway may have queued and billed the job: check for it \\(its webhook is "
+            "called if it was queued\\) before submitting again",
+        ) as caught:
+            await client.submit(
+                VideoRequest(prompt="p", image_url="https://example.com/a.png"),
+                webhook_url="https://hooks.example/k",
+            )
+    assert isinstance(caught.value, KandinskyConnectionError)
+    assert not isinstance(caught.value, KandinskyServerError)
+    assert "k-secret" not in str(caught.value)
+    assert (1, []) == (calls, fake_time.sleeps)
 
 
 async def test_submit_retries_when_the_connection_was_never_made(fake_time: FakeTime) -> None:

@@ -200,15 +200,20 @@ class _Recorded:
             if logged:
                 return
             logged = True
+            headers = scope.get("headers", [])
+            ranges = [
+                value.decode("latin-1") for name, value in headers if name.lower() == b"range"
+            ]
             self.state.record_request(
                 origin=self.origin,
                 kind=kind,
                 method=method,
                 path=path,
                 status_code=status_code,
-                header_names=[name.decode("latin-1") for name, _ in scope.get("headers", [])],
+                header_names=[name.decode("latin-1") for name, _ in headers],
                 request_id=scope.get(_REQUEST_ID_KEY),
                 fault=scope.get(_FAULT_KEY),
+                range_header=ranges[0] if ranges else None,
             )
 
         async def capture(message: Message) -> None:

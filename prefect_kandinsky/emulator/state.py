@@ -584,6 +584,8 @@ class RequestRecord:
     request_id: str | None = None
     fault: str | None = None
     """Label of the injected fault that shaped the answer, if any."""
+    range_header: str | None = None
+    """The value of the ``Range`` request header, if one was sent."""
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON (``GET /_emulator/requests``)."""
@@ -598,6 +600,7 @@ class RequestRecord:
             "key_present": self.key_present,
             "request_id": self.request_id,
             "fault": self.fault,
+            "range_header": self.range_header,
         }
 
 
@@ -1532,6 +1535,7 @@ class EmulatorState:
         header_names: Iterable[str],
         request_id: str | None = None,
         fault: str | None = None,
+        range_header: str | None = None,
     ) -> RequestRecord:
         """Build a :class:`RequestRecord` stamped with the clock and log it."""
         names = frozenset(name.lower() for name in header_names)
@@ -1546,6 +1550,7 @@ class EmulatorState:
             key_present="ocp-apim-subscription-key" in names,
             request_id=request_id,
             fault=fault,
+            range_header=range_header,
         )
         self.log_request(record)
         return record
