@@ -8,6 +8,8 @@ Usage: ``python benchmarks/run.py [--quick]`` (``make bench`` runs the full set)
    1 s and 5 s polling, on a fake clock.
 3. Never paying twice: jobs billed by the emulator when submits meet ambiguous faults, for a
    naive retry loop versus ``KandinskyClient.submit``.
+4. Imports: wall time of ``import prefect_kandinsky`` and its first uses in fresh interpreters,
+   against ``import prefect``, and the heavy modules each import loads.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import billing_bench
+import import_bench
 import persist_bench
 import polling_bench
 from markdown_table import Table
@@ -44,6 +47,7 @@ class Settings:
     submits: int
     fault_rate: float
     extra_seeds: int
+    import_repeats: int
 
 
 FULL = Settings(
@@ -55,6 +59,7 @@ FULL = Settings(
     submits=20,
     fault_rate=0.10,
     extra_seeds=25,
+    import_repeats=7,
 )
 QUICK = Settings(
     size=32 * MIB,
@@ -65,6 +70,7 @@ QUICK = Settings(
     submits=20,
     fault_rate=0.10,
     extra_seeds=5,
+    import_repeats=3,
 )
 
 
@@ -126,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
         ),
         started,
     )
+    started = time.perf_counter()
+    tables += _section("imports", import_bench.run(repeats=settings.import_repeats), started)
     total = time.perf_counter() - began
     RESULTS.write_text(
         header

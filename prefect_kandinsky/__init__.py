@@ -3,46 +3,111 @@
 Tasks ``submit_video``, ``await_video`` and ``persist_video``, the ``generate_video`` flow,
 the ``KandinskyCredentials`` block, an async ``KandinskyClient`` and the models they share.
 The gateway emulator lives in ``prefect_kandinsky.emulator``.
+
+Importing the package loads none of its submodules: each public name is imported from its
+module on first access, so ``import prefect_kandinsky``, the pytest plugin and the CLI stay
+cheap, and ``prefect_aws``, ``boto3`` and ``prefect.artifacts`` load only with the
+tasks and the flow that use them. ``dir()`` and ``inspect.getmembers`` still list every
+public name. Prefect finds the credentials block through the ``prefect.collections`` entry
+point, which names ``prefect_kandinsky.credentials``.
 """
 
-from prefect_kandinsky.artifacts import publish_video_artifacts
-from prefect_kandinsky.client import KandinskyClient, MediaStream, raise_for_outcome
-from prefect_kandinsky.credentials import KandinskyCredentials
-from prefect_kandinsky.exceptions import (
-    KandinskyAPIError,
-    KandinskyAuthenticationError,
-    KandinskyBadRequestError,
-    KandinskyConnectionError,
-    KandinskyError,
-    KandinskyGenerationFailedError,
-    KandinskyInsufficientBalanceError,
-    KandinskyJobError,
-    KandinskyMediaError,
-    KandinskyMediaExpiredError,
-    KandinskyNotFoundError,
-    KandinskyPermissionDeniedError,
-    KandinskyRateLimitError,
-    KandinskyServerError,
-    KandinskySubmitUncertainError,
-    KandinskySystemError,
-    KandinskyTimeoutError,
-    KandinskyWaitTimeoutError,
-)
-from prefect_kandinsky.flows import generate_video
-from prefect_kandinsky.models import (
-    CompletedVideo,
-    JobStatus,
-    PersistedVideo,
-    StatusResponse,
-    SubmitResponse,
-    VideoJob,
-    VideoRequest,
-    estimate_cost_usd,
-)
-from prefect_kandinsky.tasks import await_video, persist_video, submit_video
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prefect_kandinsky.artifacts import publish_video_artifacts
+    from prefect_kandinsky.client import KandinskyClient, MediaStream, raise_for_outcome
+    from prefect_kandinsky.credentials import KandinskyCredentials
+    from prefect_kandinsky.exceptions import (
+        KandinskyAPIError,
+        KandinskyAuthenticationError,
+        KandinskyBadRequestError,
+        KandinskyConnectionError,
+        KandinskyError,
+        KandinskyGenerationFailedError,
+        KandinskyImageError,
+        KandinskyInsufficientBalanceError,
+        KandinskyJobError,
+        KandinskyMediaError,
+        KandinskyMediaExpiredError,
+        KandinskyNotFoundError,
+        KandinskyPermissionDeniedError,
+        KandinskyRateLimitError,
+        KandinskyServerError,
+        KandinskySubmitServerError,
+        KandinskySubmitUncertainError,
+        KandinskySystemError,
+        KandinskyTimeoutError,
+        KandinskyWaitTimeoutError,
+    )
+    from prefect_kandinsky.flows import generate_video
+    from prefect_kandinsky.inputs import CheckedImage, check_image, check_images
+    from prefect_kandinsky.models import (
+        CompletedVideo,
+        EmbeddedPreview,
+        JobStatus,
+        PersistedVideo,
+        StatusResponse,
+        SubmitResponse,
+        VideoJob,
+        VideoRequest,
+        estimate_cost_usd,
+    )
+    from prefect_kandinsky.tasks import await_video, persist_video, submit_video
+
+# A new public name goes in three places: the imports above, this mapping and ``__all__``.
+_LAZY: dict[str, str] = {
+    "CheckedImage": "prefect_kandinsky.inputs",
+    "CompletedVideo": "prefect_kandinsky.models",
+    "EmbeddedPreview": "prefect_kandinsky.models",
+    "JobStatus": "prefect_kandinsky.models",
+    "KandinskyAPIError": "prefect_kandinsky.exceptions",
+    "KandinskyAuthenticationError": "prefect_kandinsky.exceptions",
+    "KandinskyBadRequestError": "prefect_kandinsky.exceptions",
+    "KandinskyClient": "prefect_kandinsky.client",
+    "KandinskyConnectionError": "prefect_kandinsky.exceptions",
+    "KandinskyCredentials": "prefect_kandinsky.credentials",
+    "KandinskyError": "prefect_kandinsky.exceptions",
+    "KandinskyGenerationFailedError": "prefect_kandinsky.exceptions",
+    "KandinskyImageError": "prefect_kandinsky.exceptions",
+    "KandinskyInsufficientBalanceError": "prefect_kandinsky.exceptions",
+    "KandinskyJobError": "prefect_kandinsky.exceptions",
+    "KandinskyMediaError": "prefect_kandinsky.exceptions",
+    "KandinskyMediaExpiredError": "prefect_kandinsky.exceptions",
+    "KandinskyNotFoundError": "prefect_kandinsky.exceptions",
+    "KandinskyPermissionDeniedError": "prefect_kandinsky.exceptions",
+    "KandinskyRateLimitError": "prefect_kandinsky.exceptions",
+    "KandinskyServerError": "prefect_kandinsky.exceptions",
+    "KandinskySubmitServerError": "prefect_kandinsky.exceptions",
+    "KandinskySubmitUncertainError": "prefect_kandinsky.exceptions",
+    "KandinskySystemError": "prefect_kandinsky.exceptions",
+    "KandinskyTimeoutError": "prefect_kandinsky.exceptions",
+    "KandinskyWaitTimeoutError": "prefect_kandinsky.exceptions",
+    "MediaStream": "prefect_kandinsky.client",
+    "PersistedVideo": "prefect_kandinsky.models",
+    "StatusResponse": "prefect_kandinsky.models",
+    "SubmitResponse": "prefect_kandinsky.models",
+    "VideoJob": "prefect_kandinsky.models",
+    "VideoRequest": "prefect_kandinsky.models",
+    "await_video": "prefect_kandinsky.tasks",
+    "check_image": "prefect_kandinsky.inputs",
+    "check_images": "prefect_kandinsky.inputs",
+    "estimate_cost_usd": "prefect_kandinsky.models",
+    "generate_video": "prefect_kandinsky.flows",
+    "persist_video": "prefect_kandinsky.tasks",
+    "publish_video_artifacts": "prefect_kandinsky.artifacts",
+    "raise_for_outcome": "prefect_kandinsky.client",
+    "submit_video": "prefect_kandinsky.tasks",
+}
+"""Where each public name lives: imported from that module on first access."""
 
 __all__ = [
+    "CheckedImage",
     "CompletedVideo",
+    "EmbeddedPreview",
     "JobStatus",
     "KandinskyAPIError",
     "KandinskyAuthenticationError",
@@ -52,6 +117,7 @@ __all__ = [
     "KandinskyCredentials",
     "KandinskyError",
     "KandinskyGenerationFailedError",
+    "KandinskyImageError",
     "KandinskyInsufficientBalanceError",
     "KandinskyJobError",
     "KandinskyMediaError",
@@ -60,6 +126,7 @@ __all__ = [
     "KandinskyPermissionDeniedError",
     "KandinskyRateLimitError",
     "KandinskyServerError",
+    "KandinskySubmitServerError",
     "KandinskySubmitUncertainError",
     "KandinskySystemError",
     "KandinskyTimeoutError",
@@ -71,6 +138,8 @@ __all__ = [
     "VideoJob",
     "VideoRequest",
     "await_video",
+    "check_image",
+    "check_images",
     "estimate_cost_usd",
     "generate_video",
     "persist_video",
@@ -78,3 +147,22 @@ __all__ = [
     "raise_for_outcome",
     "submit_video",
 ]
+
+
+if not TYPE_CHECKING:
+    # Hidden from type checkers, which read the imports above instead: a misspelt name stays
+    # an error for mypy and IDEs rather than becoming ``Any``.
+
+    def __getattr__(name: str) -> Any:
+        """Import a public name from its module on first access (PEP 562), then keep it."""
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    """The module's attributes and every public name, loaded or not."""
+    return sorted({*globals(), *_LAZY})

@@ -21,36 +21,83 @@ with EmulatorServer() as server:
 
 # 3. From a shell:  python -m prefect_kandinsky.emulator --port 8080
 ```
+
+Each name below is imported from its module on first access, so importing this package (or
+its pytest plugin) loads no uvicorn, starlette, httpx or PyAV until a fixture or a name that
+needs them is used.
 """
 
-from prefect_kandinsky.assets import SAMPLE_IMAGE_PATH, sample_image_bytes
+from __future__ import annotations
 
-from .app import ADMIN_ROUTES, API_KEY_HEADER, create_cdn_app, create_gateway_app
-from .render import FPS, VideoFacts, frame_count, output_size, probe_video, render_video
-from .server import (
-    IN_PROCESS_CDN_URL,
-    IN_PROCESS_GATEWAY_URL,
-    EmulatorEngine,
-    EmulatorServer,
-    EmulatorSyncTransport,
-    EmulatorTransport,
-    emulator_sync_transport,
-    emulator_transport,
-)
-from .state import (
-    EMULATOR_API_KEY,
-    SAMPLE_IMAGE_CDN_PATH,
-    EmulatorConfig,
-    EmulatorState,
-    FakeClock,
-    Fault,
-    GatewayError,
-    JobView,
-    LedgerEntry,
-    Outcome,
-    RequestRecord,
-    WebhookDelivery,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prefect_kandinsky.assets import SAMPLE_IMAGE_PATH, sample_image_bytes
+
+    from .app import ADMIN_ROUTES, API_KEY_HEADER, create_cdn_app, create_gateway_app
+    from .render import FPS, VideoFacts, frame_count, output_size, probe_video, render_video
+    from .server import (
+        IN_PROCESS_CDN_URL,
+        IN_PROCESS_GATEWAY_URL,
+        EmulatorEngine,
+        EmulatorServer,
+        EmulatorSyncTransport,
+        EmulatorTransport,
+        emulator_sync_transport,
+        emulator_transport,
+    )
+    from .state import (
+        EMULATOR_API_KEY,
+        SAMPLE_IMAGE_CDN_PATH,
+        EmulatorConfig,
+        EmulatorState,
+        FakeClock,
+        Fault,
+        GatewayError,
+        JobView,
+        LedgerEntry,
+        Outcome,
+        RequestRecord,
+        WebhookDelivery,
+    )
+
+# A new public name goes in three places: the imports above, this mapping and ``__all__``.
+_LAZY: dict[str, str] = {
+    "ADMIN_ROUTES": "prefect_kandinsky.emulator.app",
+    "API_KEY_HEADER": "prefect_kandinsky.emulator.app",
+    "EMULATOR_API_KEY": "prefect_kandinsky.emulator.state",
+    "FPS": "prefect_kandinsky.emulator.render",
+    "IN_PROCESS_CDN_URL": "prefect_kandinsky.emulator.server",
+    "IN_PROCESS_GATEWAY_URL": "prefect_kandinsky.emulator.server",
+    "SAMPLE_IMAGE_CDN_PATH": "prefect_kandinsky.emulator.state",
+    "SAMPLE_IMAGE_PATH": "prefect_kandinsky.assets",
+    "EmulatorConfig": "prefect_kandinsky.emulator.state",
+    "EmulatorEngine": "prefect_kandinsky.emulator.server",
+    "EmulatorServer": "prefect_kandinsky.emulator.server",
+    "EmulatorState": "prefect_kandinsky.emulator.state",
+    "EmulatorSyncTransport": "prefect_kandinsky.emulator.server",
+    "EmulatorTransport": "prefect_kandinsky.emulator.server",
+    "FakeClock": "prefect_kandinsky.emulator.state",
+    "Fault": "prefect_kandinsky.emulator.state",
+    "GatewayError": "prefect_kandinsky.emulator.state",
+    "JobView": "prefect_kandinsky.emulator.state",
+    "LedgerEntry": "prefect_kandinsky.emulator.state",
+    "Outcome": "prefect_kandinsky.emulator.state",
+    "RequestRecord": "prefect_kandinsky.emulator.state",
+    "VideoFacts": "prefect_kandinsky.emulator.render",
+    "WebhookDelivery": "prefect_kandinsky.emulator.state",
+    "create_cdn_app": "prefect_kandinsky.emulator.app",
+    "create_gateway_app": "prefect_kandinsky.emulator.app",
+    "emulator_sync_transport": "prefect_kandinsky.emulator.server",
+    "emulator_transport": "prefect_kandinsky.emulator.server",
+    "frame_count": "prefect_kandinsky.emulator.render",
+    "output_size": "prefect_kandinsky.emulator.render",
+    "probe_video": "prefect_kandinsky.emulator.render",
+    "render_video": "prefect_kandinsky.emulator.render",
+    "sample_image_bytes": "prefect_kandinsky.assets",
+}
+"""Where each public name lives: imported from that module on first access."""
 
 __all__ = [
     "ADMIN_ROUTES",
@@ -86,3 +133,22 @@ __all__ = [
     "render_video",
     "sample_image_bytes",
 ]
+
+
+if not TYPE_CHECKING:
+    # Hidden from type checkers, which read the imports above instead: a misspelt name stays
+    # an error for mypy and IDEs rather than becoming ``Any``.
+
+    def __getattr__(name: str) -> Any:
+        """Import a public name from its module on first access (PEP 562), then keep it."""
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    """The module's attributes and every public name, loaded or not."""
+    return sorted({*globals(), *_LAZY})

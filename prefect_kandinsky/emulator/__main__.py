@@ -23,7 +23,6 @@ import threading
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 
-from .server import EmulatorServer
 from .state import DEFAULT_BALANCE_USD, EMULATOR_API_KEY, EmulatorConfig
 
 DEFAULT_PORT = 8080
@@ -139,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"invalid emulator settings: {exc}", file=sys.stderr)
         return 2
+    from .server import EmulatorServer
+
     server = EmulatorServer(config=config, host=args.host, port=args.port, cdn_port=args.cdn_port)
     try:
         server.start()

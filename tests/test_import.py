@@ -1,0 +1,128 @@
+"""What importing the package costs: no heavy module until a name is used, and Prefect's
+discovery of the credentials block (the ``prefect.collections`` entry point and
+``prefect block register -m prefect_kandinsky``) still works.
+
+Each check runs in a fresh interpreter, so what this test session has already imported
+cannot hide a regression.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+
+HEAVY_ON_IMPORT = ["prefect_aws", "boto3", "prefect.artifacts", "uvicorn", "av"]
+"""Modules that ``import prefect_kandinsky`` must leave out of ``sys.modules``."""
+
+HEAVY_FOR_THE_PLUGIN = ["prefect_aws", "uvicorn", "starlette", "httpx", "av"]
+"""Modules that importing the pytest plugin (done by every pytest session) must leave out."""
+
+
+def _run(code: str) -> Any:
+    """Run ``code`` in a fresh interpreter and return the JSON it prints last."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 0 == result.returncode, result.stdout + result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_import_loads_no_heavy_module() -> None:
+    """``import prefect_kandinsky`` loads no prefect-aws, boto3, artifacts, uvicorn or PyAV."""
+    loaded = _run(
+        f"""
+        import json, sys
+        import prefect_kandinsky
+        print(json.dumps([m for m in {HEAVY_ON_IMPORT!r} if m in sys.modules]))
+        """
+    )
+    assert [] == loaded
+
+
+def test_pytest_plugin_loads_no_server_or_media_module() -> None:
+    """Importing the pytest plugin loads no prefect-aws, uvicorn, starlette, httpx or PyAV."""
+    loaded = _run(
+        f"""
+        import json, sys
+        import prefect_kandinsky.emulator.pytest_plugin
+        print(json.dumps([m for m in {HEAVY_FOR_THE_PLUGIN!r} if m in sys.modules]))
+        """
+    )
+    assert [] == loaded
+
+
+@pytest.mark.parametrize("module", ["prefect_kandinsky", "prefect_kandinsky.emulator"])
+def test_every_public_name_is_listed_and_resolves(module: str) -> None:
+    """``dir()`` lists every name of ``__all__`` before first use, and each one imports."""
+    missing = _run(
+        f"""
+        import importlib, json
+        module = importlib.import_module({module!r})
+        unlisted = sorted(set(module.__all__) - set(dir(module)))
+        unresolved = [name for name in module.__all__ if getattr(module, name, None) is None]
+        print(json.dumps({{"unlisted": unlisted, "unresolved": unresolved}}))
+        """
+    )
+    assert {"unlisted": [], "unresolved": []} == missing
+
+
+def test_unknown_name_raises_attribute_error() -> None:
+    """A name the package does not export raises AttributeError naming it."""
+    import prefect_kandinsky
+
+    with pytest.raises(AttributeError, match="'prefect_kandinsky' has no attribute 'NoSuchName'"):
+        prefect_kandinsky.NoSuchName  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_block_register_finds_the_credentials_block() -> None:
+    """``inspect.getmembers`` on the package, as ``prefect block register -m`` does, finds it."""
+    found = _run(
+        """
+        import inspect, json
+        from prefect.blocks.core import Block
+        import prefect_kandinsky
+        blocks = [
+            f"{value.__module__}.{name}"
+            for name, value in inspect.getmembers(prefect_kandinsky)
+            if inspect.isclass(value) and issubclass(value, Block)
+        ]
+        print(json.dumps(blocks))
+        """
+    )
+    assert ["prefect_kandinsky.credentials.KandinskyCredentials"] == found
+
+
+def test_collections_entry_point_registers_the_block_and_nothing_heavy() -> None:
+    """Loading the ``prefect.collections`` entry point registers the block, without prefect-aws."""
+    outcome = _run(
+        """
+        import json, sys
+        from importlib.metadata import entry_points
+        from prefect.blocks.core import Block
+        from prefect.utilities.dispatch import get_registry_for_type
+
+        before = "kandinsky-credentials" in get_registry_for_type(Block)
+        for entry_point in entry_points(group="prefect.collections"):
+            if entry_point.name == "prefect_kandinsky":
+                entry_point.load()
+        block = get_registry_for_type(Block).get("kandinsky-credentials")
+        print(json.dumps({
+            "before": before,
+            "after": f"{block.__module__}.{block.__name__}" if block else None,
+            "heavy": [m for m in ("prefect_aws", "boto3", "prefect.artifacts") if m in sys.modules],
+        }))
+        """
+    )
+    assert {
+        "before": False,
+        "after": "prefect_kandinsky.credentials.KandinskyCredentials",
+        "heavy": [],
+    } == outcome
