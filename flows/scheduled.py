@@ -9,18 +9,25 @@ generation instead of paying for a second one. Pass ``slot`` to re-run or backfi
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated
 
 from prefect import flow
 from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect_aws import S3Bucket
-from pydantic import Field, TypeAdapter
+from pydantic import TypeAdapter
 
 from prefect_kandinsky._constants import DEFAULT_POLL_INTERVAL, DEFAULT_WAIT_TIMEOUT_SECONDS
 from prefect_kandinsky.credentials import KandinskyCredentials
 from prefect_kandinsky.flows import generate_video
-from prefect_kandinsky.models import Acceleration, PersistedVideo, Resolution
+from prefect_kandinsky.models import (
+    AccelerationParam,
+    DurationParam,
+    HttpUrlParam,
+    PersistedVideo,
+    PromptParam,
+    ResolutionParam,
+    StepsParam,
+)
 
 FLOW_NAME = "scheduled-video"
 NO_DEPLOYMENT = "no-deployment"
@@ -51,12 +58,12 @@ def _scheduled_run_name() -> str:
 
 @flow(name=FLOW_NAME, flow_run_name=_scheduled_run_name, retries=2, retry_delay_seconds=60)
 async def scheduled_video(
-    prompt: str,
-    image_url: str,
-    resolution: Resolution = "512P",
-    duration: Annotated[int, Field(ge=1, le=10)] = 5,
-    num_inference_steps: Annotated[int, Field(ge=20, le=50)] = 28,
-    acceleration: Acceleration = "regular",
+    prompt: PromptParam,
+    image_url: HttpUrlParam,
+    resolution: ResolutionParam = "512P",
+    duration: DurationParam = 5,
+    num_inference_steps: StepsParam = 28,
+    acceleration: AccelerationParam = "regular",
     destination: str | S3Bucket = "output",
     credentials: KandinskyCredentials | str | None = None,
     slot: datetime | None = None,
@@ -69,7 +76,7 @@ async def scheduled_video(
         prompt: The motion, camera movement and mood to generate.
         image_url: Public http(s) URL of the image to animate.
         resolution: Output resolution preset.
-        duration: Video length in seconds (3, 5 and 10 are the documented values).
+        duration: Video length in seconds, as 5 or "5s" (3, 5 and 10 are documented).
         num_inference_steps: Denoising steps, 20 to 50.
         acceleration: Speed versus quality.
         destination: A directory or file path, an ``S3Bucket``, or a block name such as

@@ -43,3 +43,8 @@ DEFAULT_S3_MULTIPART_CHUNKSIZE = 8 * 1024 * 1024
 """Bytes per part of a multipart upload to S3 (S3's minimum part is 5 MiB)."""
 DEFAULT_PRESIGN_EXPIRES_SECONDS = 3600
 """Lifetime of the presigned https link to a video stored on S3, in seconds."""
+
+DEFAULT_IMAGE_CHECK_TIMEOUT_SECONDS = 10.0
+"""Timeout of the check of an input image made before the submit (connect and each read)."""
+MAX_IMAGE_CHECK_BYTES = 20 * 1024 * 1024
+"""The image check reads at most this many bytes of an input image (for its thumbnail)."""

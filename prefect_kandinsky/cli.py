@@ -2,9 +2,16 @@
 
 ```
 prefect-kandinsky demo                      # one video through the flow, on the built-in emulator
-prefect-kandinsky generate --prompt ... --image URL_OR_PATH [--emulator]
+prefect-kandinsky generate --prompt ... --image URL_OR_PATH [--emulator | --credentials NAME]
 prefect-kandinsky emulator --port 8080      # serve the gateway emulator
 ```
+
+Mistakes are caught before any flow run is created or anything is paid: a bad argument, a
+missing key or an image URL that does not answer with an image gives one line on stderr and
+exit code 2. While a video renders, a live line shows its status and the time since the
+submit; at the end the command prints where the video is and where its artifacts are.
+Exit codes: 0 done, 1 the generation failed (the line says why and whether it was charged),
+2 nothing was run.
 """
 
 from __future__ import annotations
@@ -12,45 +19,109 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
+import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from prefect_kandinsky.models import ACCELERATIONS, RESOLUTIONS, VideoRequest
+from prefect_kandinsky.models import (
+    ACCELERATIONS,
+    RESOLUTIONS,
+    VideoRequest,
+    check_resolution,
+    check_steps,
+    duration_seconds,
+)
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+    from rich.console import Console, RenderableType
+
+    from prefect_kandinsky.credentials import KandinskyCredentials
+    from prefect_kandinsky.models import PersistedVideo, StatusResponse
 
 DEMO_PROMPT = (
     "The sun slowly rises over the hills, the camera gently pushes in, warm morning light."
 )
+PROG = "prefect-kandinsky"
+KEY_WAY_OUT = (
+    "pass --credentials NAME (a saved KandinskyCredentials block), set KANDINSKY_API_KEY, "
+    "or add --emulator to run offline for free"
+)
+
+
+class UsageError(Exception):
+    """A mistake caught before anything ran: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr, then exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _argument(check: Any) -> Any:
+    """Wrap a model check so argparse reports its message as the argument's error."""
+
+    def convert(text: str) -> Any:
+        try:
+            return check(text)
+        except ValueError as exc:  # PydanticCustomError is a ValueError
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return convert
 
 
 def _add_video_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--resolution", choices=RESOLUTIONS, default="512P")
-    parser.add_argument("--duration", type=int, default=5, help="seconds (3, 5, 10 documented)")
-    parser.add_argument("--steps", type=int, default=28, help="num_inference_steps, 20 to 50")
+    parser.add_argument(
+        "--resolution",
+        type=_argument(check_resolution),
+        default="512P",
+        help=f"one of {', '.join(RESOLUTIONS)} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=_argument(duration_seconds),
+        default=5,
+        help='seconds, as 5 or "5s"; 3, 5 and 10 are documented (default: %(default)s)',
+    )
+    parser.add_argument(
+        "--steps",
+        type=_argument(lambda text: check_steps(text)),
+        default=28,
+        help="num_inference_steps, 20 to 50 (default: %(default)s)",
+    )
     parser.add_argument("--acceleration", choices=ACCELERATIONS, default="regular")
     parser.add_argument(
         "--output", default="output", help="directory or block such as s3-bucket/videos"
     )
     parser.add_argument("--poll-interval", type=float, default=None, help="first poll, seconds")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show Prefect's own log lines as well"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``prefect-kandinsky``."""
     from prefect_kandinsky.emulator.__main__ import add_arguments as add_emulator_arguments
 
-    parser = argparse.ArgumentParser(
-        prog="prefect-kandinsky",
-        description="Kandinsky 5.0 Pro image-to-video through Prefect flows.",
+    parser = _Parser(
+        prog=PROG, description="Kandinsky 5.0 Pro image-to-video through Prefect flows."
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = commands.add_parser(
         "demo", help="generate a video from the sample image on the built-in emulator"
     )
     demo.add_argument("--output", default="output", help="directory for the MP4")
-    demo.add_argument("--resolution", choices=RESOLUTIONS, default="512P")
-    demo.add_argument("--duration", type=int, default=3)
+    demo.add_argument("--resolution", type=_argument(check_resolution), default="512P")
+    demo.add_argument("--duration", type=_argument(duration_seconds), default=3)
+    demo.add_argument("--verbose", action="store_true", help="show Prefect's own log lines")
 
     generate = commands.add_parser("generate", help="run the generate-video flow once")
     generate.add_argument("--prompt", required=True)
@@ -61,12 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--credentials", help="name of a saved KandinskyCredentials block")
     generate.add_argument("--idempotency-key", help="submit at most once for this key")
     generate.add_argument(
+        "--no-check-image",
+        dest="check_image",
+        action="store_false",
+        help="do not fetch the image before paying (for hosts only the gateway can reach)",
+    )
+    generate.add_argument(
         "--emulator", action="store_true", help="run against the built-in emulator (no key)"
     )
 
     emulator = commands.add_parser("emulator", help="serve the gateway emulator")
     add_emulator_arguments(emulator)
     return parser
+
+
+# -- checks made before anything runs ------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -85,12 +165,12 @@ def _image_url(image: str, server: Any) -> str:
         return image
     path = Path(image)
     if server is None:
-        raise SystemExit(
+        raise UsageError(
             f"--image {image!r} is a local file: the gateway needs a public http(s) URL "
             "(or add --emulator to animate a local file offline)"
         )
     if not path.is_file():
-        raise SystemExit(f"--image {image!r}: no such file")
+        raise UsageError(f"--image {image!r}: no such file")
     url: str = server.upload(path.read_bytes(), content_type=_content_type(path))
     return url
 
@@ -102,49 +182,219 @@ def _content_type(path: Path) -> str:
     )
 
 
-def _run_flow(server: Any, **parameters: Any) -> Any:
-    from prefect_kandinsky.credentials import KandinskyCredentials
-    from prefect_kandinsky.flows import generate_video
+def _request(**fields: Any) -> VideoRequest:
+    from pydantic import ValidationError
+
+    try:
+        return VideoRequest(**fields)
+    except ValidationError as exc:
+        raise UsageError("; ".join(str(error["msg"]) for error in exc.errors())) from exc
+
+
+def _credentials(args: argparse.Namespace, server: Any) -> KandinskyCredentials:
+    """The credentials to run with; a missing key or block is a usage error."""
+    from prefect_kandinsky.credentials import API_KEY_ENV, KandinskyCredentials
 
     if server is not None:
-        parameters["credentials"] = KandinskyCredentials(
-            api_key=server.api_key, base_url=server.base_url
+        return KandinskyCredentials(api_key=server.api_key, base_url=server.base_url)
+    if args.credentials:
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            loaded = asyncio.run(KandinskyCredentials.aload(args.credentials))
+        except (ObjectNotFound, ValueError) as exc:
+            raise UsageError(
+                f"--credentials {args.credentials!r}: no KandinskyCredentials block of that "
+                f"name on the Prefect API ({exc.__class__.__name__}); save one, or "
+                f"{KEY_WAY_OUT.split(', ', 1)[1]}"
+            ) from exc
+        return loaded
+    if not os.environ.get(API_KEY_ENV, "").strip():
+        raise UsageError(f"no gateway API key: {KEY_WAY_OUT}")
+    return KandinskyCredentials.from_env()
+
+
+def _check_image(url: str) -> None:
+    from prefect_kandinsky.exceptions import KandinskyImageError
+    from prefect_kandinsky.inputs import check_image
+
+    try:
+        asyncio.run(check_image(url))
+    except KandinskyImageError as exc:
+        raise UsageError(f"{exc} (or pass --no-check-image)") from exc
+
+
+# -- running the flow with a live display --------------------------------------------------
+
+
+class _Display:
+    """A live status line on a terminal; one line per status change otherwise.
+
+    Elapsed time counts from the first status read, right after the submit.
+    """
+
+    def __init__(self, console: Console) -> None:
+        from rich.spinner import Spinner
+
+        self.console = console
+        self.started: float | None = None
+        self.request_id: str | None = None
+        self.status = "starting"
+        self.spinner = Spinner("dots")
+
+    def on_status(self, request_id: str, status: StatusResponse) -> None:
+        if self.started is None:
+            self.started = time.monotonic()
+        changed = status.status.value != self.status or request_id != self.request_id
+        self.request_id, self.status = request_id, status.status.value
+        if changed and not self.console.is_terminal:
+            print(f"{self.status:<10} {self._elapsed()}  {request_id}", file=sys.stderr)
+
+    def _elapsed(self) -> str:
+        if self.started is None:
+            return ""
+        return f"{time.monotonic() - self.started:5.1f} s"
+
+    def __rich__(self) -> RenderableType:
+        from rich.text import Text
+
+        text = Text.assemble(
+            (self.status, "bold"),
+            f"  {self._elapsed()}",
+            (f"  {self.request_id}" if self.request_id else "", "dim"),
         )
+        self.spinner.update(text=text)
+        return self.spinner
+
+
+def _silence_prefect_console() -> None:
+    """Keep Prefect's console log lines off the terminal (they still reach the API).
+
+    Left so until the process ends: the temporary server Prefect may have started stops at
+    exit and says so, and its events worker may say it is still sending events.
+    """
+    import prefect.logging.configuration  # noqa: F401  (sets up Prefect's handlers)
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.setLevel(logging.CRITICAL)
+    if not root.handlers:  # no flow ran: keep Python's last-resort handler quiet too
+        root.addHandler(logging.NullHandler())
+
+
+def _run_flow(verbose: bool, **parameters: Any) -> Any:
+    """Run ``generate_video`` showing live progress; return its final state."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from prefect_kandinsky._watch import watching
+    from prefect_kandinsky.flows import generate_video
+
+    console = Console(stderr=True)
+    display = _Display(console)
     parameters = {k: v for k, v in parameters.items() if v is not None}
-    return asyncio.run(generate_video(**parameters))
+    if not verbose:
+        _silence_prefect_console()
+    with (
+        watching(display.on_status),
+        Live(display, console=console, transient=True, refresh_per_second=8)
+        if console.is_terminal and not verbose
+        else contextlib.nullcontext(),
+    ):
+        return asyncio.run(_call(generate_video, parameters))
 
 
-def _report(persisted: Any) -> None:
+async def _call(flow: Any, parameters: dict[str, Any]) -> Any:
+    return await flow(**parameters, return_state=True)
+
+
+# -- reporting ----------------------------------------------------------------------------
+
+
+def _ui_hint(flow_run_id: UUID | None) -> list[str]:
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME
 
-    from prefect_kandinsky.artifacts import artifact_key
+    page = f"/runs/flow-run/{flow_run_id}" if flow_run_id else "/artifacts"
+    api = PREFECT_API_URL.value()
+    if api:
+        return [f"Open:        {api.removesuffix('/api')}{page}"]
+    prefect = Path(sys.executable).with_name("prefect")
+    command = prefect if prefect.exists() else "prefect"
+    home = PREFECT_HOME.value()
+    return [
+        f"Open:        the runs and artifacts are stored under {home}; to browse them run",
+        f"             PREFECT_HOME={home} PREFECT_SERVER_ANALYTICS_ENABLED=false "
+        f"{command} server start",
+        f"             and open http://127.0.0.1:4200{page}",
+    ]
 
+
+def _artifact_lines(flow_run_id: UUID | None) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    if flow_run_id is None:
+        return []
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+                )
+            )
+
+    lines = []
+    for index, artifact in enumerate(sorted(asyncio.run(read()), key=lambda a: a.key or "~")):
+        label = "Artifacts:" if index == 0 else ""
+        name = artifact.key or "(progress, on the run's page)"
+        lines.append(f"{label:<13}{name} [{artifact.type}]")
+    return lines
+
+
+def _report(persisted: PersistedVideo, flow_run_id: UUID | None) -> None:
     video = persisted.video
     request = video.request if video else None
     cost = request.estimated_cost_label if request else "unknown"
-    print()
-    print(f"Video:       {persisted.uri}")
-    print(f"Request id:  {persisted.request_id}")
-    print(f"Cost:        {cost} (estimate from the documented price table)")
+    lines = [
+        "",
+        f"Video:       {persisted.uri}",
+        f"Request id:  {persisted.request_id}",
+        f"Cost:        {cost} (estimate from the documented price table)",
+    ]
     if persisted.frames is not None:
-        print(
+        lines.append(
             f"Frames:      {persisted.frames} at {persisted.fps:g} fps, "
             f"{persisted.width}x{persisted.height}, {persisted.codec}"
         )
-    print(f"Bytes:       {persisted.size_bytes} (sha256 {persisted.sha256[:16]}...)")
-    keys = ", ".join(artifact_key(persisted.request_id, k) for k in ("video", "summary"))
-    print(f"Artifacts:   {keys}")
-    api = PREFECT_API_URL.value()
-    if api:
-        print(f"             in the Prefect UI of {api.removesuffix('/api')}")
-    else:
-        prefect = Path(sys.executable).with_name("prefect")
-        command = prefect if prefect.exists() else "prefect"
+    lines.append(f"Bytes:       {persisted.size_bytes} (sha256 {persisted.sha256[:16]}...)")
+    lines += _artifact_lines(flow_run_id)
+    lines += _ui_hint(flow_run_id)
+    print("\n".join(lines))
+
+
+def _finish(state: Any) -> int:
+    from prefect_kandinsky.exceptions import KandinskyError
+
+    flow_run_id = state.state_details.flow_run_id
+    if state.is_completed():
+        _report(state.result(), flow_run_id)
+        return 0
+    error = state.result(raise_on_failure=False)
+    message = str(error) if isinstance(error, BaseException) else str(state.message)
+    print(f"{PROG}: {message}", file=sys.stderr)
+    if isinstance(error, KandinskyError) and error.request_id:
+        from prefect_kandinsky.artifacts import artifact_key
+
         print(
-            f"             stored under {PREFECT_HOME.value()}; to browse them run\n"
-            f"             PREFECT_HOME={PREFECT_HOME.value()} {command} server start\n"
-            "             and open http://127.0.0.1:4200/artifacts"
+            f"Summary:     artifact {artifact_key(error.request_id, 'summary')}",
+            file=sys.stderr,
         )
+    for line in _ui_hint(flow_run_id):
+        print(line, file=sys.stderr)
+    return 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -152,7 +402,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     with EmulatorServer() as server:
         image_url = server.sample_image_url
-        request = VideoRequest(
+        request = _request(
             prompt=DEMO_PROMPT,
             image_url=image_url,
             resolution=args.resolution,
@@ -160,46 +410,66 @@ def _demo(args: argparse.Namespace) -> int:
         )
         print(f"Gateway emulator at {server.base_url} (no key, no network)")
         print(f"Animating the sample image {image_url}")
-        print(f"Estimated cost on the real gateway: {request.estimated_cost_label}")
-        persisted = _run_flow(
-            server,
+        print(f"Estimated cost on the real gateway: {request.estimated_cost_label}", flush=True)
+        state = _run_flow(
+            args.verbose,
             prompt=request.prompt,
             image_url=request.image_url,
             resolution=request.resolution,
             duration=request.duration_seconds,
             destination=str(Path(args.output).resolve()),
+            credentials=_credentials(argparse.Namespace(credentials=None), server),
             poll_interval_seconds=0.5,
         )
-    _report(persisted)
-    return 0
+        return _finish(state)
 
 
 def _generate(args: argparse.Namespace) -> int:
     with _emulator(args.emulator) as server:
-        persisted = _run_flow(
-            server,
+        image_url = _image_url(args.image, server)
+        request = _request(
             prompt=args.prompt,
-            image_url=_image_url(args.image, server),
+            image_url=image_url,
             resolution=args.resolution,
             duration=args.duration,
             num_inference_steps=args.steps,
             acceleration=args.acceleration,
+        )
+        credentials = _credentials(args, server)
+        if args.check_image:
+            _check_image(request.image_url)
+        state = _run_flow(
+            args.verbose,
+            prompt=request.prompt,
+            image_url=request.image_url,
+            resolution=request.resolution,
+            duration=request.duration_seconds,
+            num_inference_steps=request.num_inference_steps,
+            acceleration=request.acceleration,
             destination=args.output,
-            credentials=args.credentials,
+            # A saved block by name; from the environment the flow reads the key itself:
+            # a key never becomes a flow run parameter.
+            credentials=credentials if server is not None else args.credentials,
             idempotency_key=args.idempotency_key,
+            check_image=args.check_image,
             poll_interval_seconds=args.poll_interval,
         )
-    _report(persisted)
-    return 0
+        return _finish(state)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``prefect-kandinsky``."""
-    args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        return _demo(args)
-    if args.command == "generate":
-        return _generate(args)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "generate":
+            return _generate(args)
+    except UsageError as exc:
+        if "prefect" in sys.modules:
+            _silence_prefect_console()
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
     from prefect_kandinsky.emulator.__main__ import run as run_emulator
 
     return run_emulator(args)

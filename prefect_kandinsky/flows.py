@@ -13,14 +13,24 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect_aws import S3Bucket
 from pydantic import Field
 
-from prefect_kandinsky._constants import DEFAULT_POLL_INTERVAL, DEFAULT_WAIT_TIMEOUT_SECONDS
+from prefect_kandinsky._constants import (
+    DEFAULT_MAX_POLL_INTERVAL,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_WAIT_TIMEOUT_SECONDS,
+)
 from prefect_kandinsky.credentials import KandinskyCredentials
 from prefect_kandinsky.exceptions import KandinskySystemError
 from prefect_kandinsky.models import (
-    Acceleration,
+    AccelerationParam,
+    DurationParam,
+    HttpUrlParam,
     PersistedVideo,
-    Resolution,
+    PromptParam,
+    ResolutionParam,
+    StepsParam,
+    VideoJob,
     VideoRequest,
+    WebhookMode,
 )
 from prefect_kandinsky.storage import Destination
 from prefect_kandinsky.tasks import await_video, persist_video, submit_video
@@ -68,40 +78,58 @@ def _flow_run_name() -> str:
 
 @flow(name="generate-video", flow_run_name=_flow_run_name)
 async def generate_video(
-    prompt: str,
-    image_url: str,
-    resolution: Resolution = "512P",
-    duration: Annotated[int, Field(ge=1, le=10)] = 5,
-    num_inference_steps: Annotated[int, Field(ge=20, le=50)] = 28,
-    acceleration: Acceleration = "regular",
+    prompt: PromptParam,
+    image_url: HttpUrlParam,
+    resolution: ResolutionParam = "512P",
+    duration: DurationParam = 5,
+    num_inference_steps: StepsParam = 28,
+    acceleration: AccelerationParam = "regular",
     destination: str | S3Bucket = "output",
     credentials: KandinskyCredentials | str | None = None,
+    filename: str | None = None,
+    overwrite: bool = False,
     idempotency_key: str | None = None,
-    wait_timeout_seconds: float = DEFAULT_WAIT_TIMEOUT_SECONDS,
-    poll_interval_seconds: float = DEFAULT_POLL_INTERVAL,
+    take: Annotated[int, Field(ge=1)] = 1,
+    check_image: bool = True,
+    wait_timeout_seconds: Annotated[float, Field(gt=0)] = DEFAULT_WAIT_TIMEOUT_SECONDS,
+    poll_interval_seconds: Annotated[float, Field(gt=0)] = DEFAULT_POLL_INTERVAL,
+    max_poll_interval_seconds: Annotated[float, Field(gt=0)] = DEFAULT_MAX_POLL_INTERVAL,
+    webhook_url: str | None = None,
+    webhook_mode: WebhookMode | None = None,
     resubmit_on_system_error: bool = False,
     rate_limit: str | None = None,
 ) -> PersistedVideo:
     """Generate one video from an image and a prompt, and store it.
 
-    Submits once (per flow run, or per ``idempotency_key`` across runs), waits for the
-    render, streams the MP4 to ``destination`` and publishes link and summary artifacts.
+    Checks the image, submits once (per flow run and take, or per ``idempotency_key`` across
+    runs), waits for the render, streams the MP4 to ``destination`` and publishes a summary
+    artifact that shows the video. Calling it twice with the same arguments inside one
+    parent flow run makes one paid video; ask for another with ``take=2``.
 
     Args:
         prompt: The motion, camera movement and mood to generate.
         image_url: Public http(s) URL of the image to animate.
         resolution: Output resolution preset.
-        duration: Video length in seconds (3, 5 and 10 are the documented values).
+        duration: Video length in seconds, as 5 or "5s" (3, 5 and 10 are documented).
         num_inference_steps: Denoising steps, 20 to 50.
         acceleration: Speed versus quality.
         destination: A directory or file path, an ``S3Bucket``, or a block name such as
             ``s3-bucket/videos``.
         credentials: A ``KandinskyCredentials`` block or its name; ``KANDINSKY_API_KEY``
             when omitted.
+        filename: The file name at the destination; the request id and extension by default.
+        overwrite: Replace a file that holds other content instead of failing.
         idempotency_key: Makes the submit happen once across flow runs, e.g. one per
             schedule slot.
+        take: Which take of this request: the same take is paid once, each other take is a
+            new video.
+        check_image: Fetch the image before paying and refuse anything that is not an image.
+            Turn it off for image hosts that only the gateway can reach.
         wait_timeout_seconds: How long to wait for the render before failing resumably.
         poll_interval_seconds: First wait between two status reads.
+        max_poll_interval_seconds: Cap of the wait between two status reads.
+        webhook_url: An https endpoint the gateway POSTs the job's status to.
+        webhook_mode: "terminal" (one callback at the end) or "sync" (one per poll cycle).
         resubmit_on_system_error: Submit once more if the gateway reports a system error
             (ERROR, documented as not charged).
         rate_limit: A Prefect global concurrency limit (with slot decay) that every submit
@@ -138,29 +166,32 @@ async def generate_video(
     )
     creds = await load_credentials(credentials)
     target = await load_destination(destination)
-    job = await submit_video(request, creds, idempotency_key=idempotency_key, rate_limit=rate_limit)
-    try:
-        video = await await_video(
-            job,
+
+    async def submit(key: str | None) -> VideoJob:
+        return await submit_video(
+            request,
             creds,
-            timeout_seconds=wait_timeout_seconds,
-            poll_interval=poll_interval_seconds,
+            idempotency_key=key,
+            take=take,
+            rate_limit=rate_limit,
+            check_image=check_image,
+            webhook_url=webhook_url,
+            webhook_mode=webhook_mode,
         )
+
+    wait = {
+        "timeout_seconds": wait_timeout_seconds,
+        "poll_interval": poll_interval_seconds,
+        "max_poll_interval": max_poll_interval_seconds,
+    }
+    job = await submit(idempotency_key)
+    try:
+        video = await await_video(job, creds, **wait)
     except KandinskySystemError as exc:
         if not resubmit_on_system_error:
             raise
         logger.warning("%s; submitting once more (system errors are not charged)", exc)
         scope = idempotency_key or f"flow-run-{runtime_flow_run.id}"
-        job = await submit_video(
-            request,
-            creds,
-            idempotency_key=f"{scope}-resubmit-after-system-error",
-            rate_limit=rate_limit,
-        )
-        video = await await_video(
-            job,
-            creds,
-            timeout_seconds=wait_timeout_seconds,
-            poll_interval=poll_interval_seconds,
-        )
-    return await persist_video(video, target, creds)
+        job = await submit(f"{scope}-resubmit-after-system-error")
+        video = await await_video(job, creds, **wait)
+    return await persist_video(video, creds, target, filename=filename, overwrite=overwrite)

@@ -12,7 +12,7 @@ import re
 from datetime import datetime, timezone
 from decimal import Decimal
 from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -20,8 +20,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    WithJsonSchema,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 DEFAULT_MODEL_ID = "kandinsky-5-0-pro-953"
 """The gateway's model id for Kandinsky 5.0 Pro."""
@@ -62,6 +64,12 @@ def status_path(request_id: str) -> str:
     return f"/v2/requests/status/{request_id}"
 
 
+def _invalid(message: str) -> PydanticCustomError:
+    # A custom error keeps the message as written: no "Value error, " prefix and no link to
+    # pydantic's documentation, in the request model and in flow parameter errors alike.
+    return PydanticCustomError("kandinsky_parameter", "{message}", {"message": message})
+
+
 def _normalise_duration(value: object) -> object:
     if isinstance(value, bool):
         return value
@@ -76,6 +84,66 @@ def _normalise_duration(value: object) -> object:
 
 def _duration_seconds(value: str) -> int:
     return int(value.rstrip("s"))
+
+
+def check_prompt(value: object) -> str:
+    """A non-empty prompt, as given; raises a message naming the field otherwise."""
+    if not isinstance(value, str) or not value.strip():
+        raise _invalid(f"prompt must be a non-empty description of the motion; got {value!r}")
+    return value
+
+
+def check_image_url(value: object) -> str:
+    """An absolute http(s) URL, stripped; raises a message naming the field otherwise."""
+    text = value.strip() if isinstance(value, str) else ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise _invalid(f"image_url must be an absolute http or https URL; got {value!r}")
+    return text
+
+
+def check_resolution(value: object) -> str:
+    """One of the resolution presets (any case); raises a message naming the allowed ones."""
+    if isinstance(value, str) and value.strip().upper() in RESOLUTIONS:
+        return value.strip().upper()
+    raise _invalid(f"resolution must be one of {', '.join(RESOLUTIONS)}; got {value!r}")
+
+
+def check_acceleration(value: object) -> str:
+    """One of the acceleration settings; raises a message naming the allowed ones."""
+    if isinstance(value, str) and value.strip() in ACCELERATIONS:
+        return value.strip()
+    raise _invalid(f"acceleration must be one of {', '.join(ACCELERATIONS)}; got {value!r}")
+
+
+def duration_seconds(value: object) -> int:
+    """Whole seconds from ``5``, ``"5"`` or ``"5s"``; raises a message naming the range."""
+    normalised = _normalise_duration(value)
+    match = re.fullmatch(r"(\d+)s", normalised) if isinstance(normalised, str) else None
+    seconds = int(match.group(1)) if match else None
+    if seconds is None or not MIN_DURATION_SECONDS <= seconds <= MAX_DURATION_SECONDS:
+        raise _invalid(
+            f"duration must be whole seconds from {MIN_DURATION_SECONDS}s to "
+            f"{MAX_DURATION_SECONDS}s, written like {', '.join(DOCUMENTED_DURATIONS)} or as an "
+            f"int; got {value!r}"
+        )
+    return seconds
+
+
+def check_steps(value: object) -> int:
+    """An int from 20 to 50; raises a message naming the range."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not MIN_INFERENCE_STEPS <= value <= MAX_INFERENCE_STEPS
+    ):
+        raise _invalid(
+            f"num_inference_steps must be an integer from {MIN_INFERENCE_STEPS} to "
+            f"{MAX_INFERENCE_STEPS}; got {value!r}"
+        )
+    return value
 
 
 def _parse_timestamp(value: object) -> object:
@@ -98,6 +166,52 @@ def _parse_timestamp(value: object) -> object:
 
 
 Timestamp = Annotated[datetime | None, BeforeValidator(_parse_timestamp)]
+
+
+# Flow parameter types: the same checks and messages as ``VideoRequest``, with JSON schemas
+# that Prefect shows in the run form and that a deployment with ``enforce_parameter_schema``
+# applies when a run is triggered.
+
+PromptParam = Annotated[str, BeforeValidator(check_prompt), Field(min_length=1)]
+"""A non-empty prompt."""
+ResolutionParam = Annotated[Resolution, BeforeValidator(check_resolution)]
+"""A resolution preset; "720P" is refused naming the allowed presets."""
+AccelerationParam = Annotated[Acceleration, BeforeValidator(check_acceleration)]
+"""An acceleration setting; anything else is refused naming the allowed ones."""
+StepsParam = Annotated[
+    int,
+    BeforeValidator(check_steps),
+    Field(ge=MIN_INFERENCE_STEPS, le=MAX_INFERENCE_STEPS),
+]
+"""Denoising steps, 20 to 50."""
+DurationParam = Annotated[
+    int,
+    BeforeValidator(duration_seconds),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "integer",
+                    "minimum": MIN_DURATION_SECONDS,
+                    "maximum": MAX_DURATION_SECONDS,
+                    "title": "seconds",
+                },
+                {
+                    "type": "string",
+                    "pattern": r"^\s*([1-9]|10)\s*s?\s*$",
+                    "title": "seconds, written like 5s",
+                },
+            ],
+        }
+    ),
+]
+"""Whole seconds from 1 to 10, given as ``5`` or ``"5s"`` (the documentation's form)."""
+HttpUrlParam = Annotated[
+    str,
+    BeforeValidator(check_image_url),
+    WithJsonSchema({"type": "string", "format": "uri", "pattern": r"^https?://[^\s/]+"}),
+]
+"""An absolute http(s) URL; a local file name such as ``beach.png`` is refused."""
 
 
 class JobStatus(str, Enum):
@@ -142,7 +256,7 @@ class VideoRequest(BaseModel):
         default="512P",
         description='Output resolution preset: "256P", "512P" or "1024P".',
     )
-    duration: Annotated[str, BeforeValidator(_normalise_duration)] = Field(
+    duration: str = Field(
         default="5s",
         description=(
             'Video length in whole seconds, written "Ns" (an int is accepted); '
@@ -158,61 +272,35 @@ class VideoRequest(BaseModel):
         description='Speed versus quality: "regular", "fast" or "ultra_fast".',
     )
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _check_prompt(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("prompt must be a non-empty description of the motion; got ''")
-        return value
+    def _check_prompt(cls, value: object) -> object:
+        return check_prompt(value)
 
-    @field_validator("image_url")
+    @field_validator("image_url", mode="before")
     @classmethod
-    def _check_image_url(cls, value: str) -> str:
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"image_url must be an absolute http or https URL; got {value!r}")
-        return value.strip()
+    def _check_image_url(cls, value: object) -> object:
+        return check_image_url(value)
 
     @field_validator("resolution", mode="before")
     @classmethod
     def _check_resolution(cls, value: object) -> object:
-        if isinstance(value, str) and value.upper() in RESOLUTIONS:
-            return value.upper()
-        raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}; got {value!r}")
+        return check_resolution(value)
 
     @field_validator("acceleration", mode="before")
     @classmethod
     def _check_acceleration(cls, value: object) -> object:
-        if isinstance(value, str) and value in ACCELERATIONS:
-            return value
-        raise ValueError(f"acceleration must be one of {', '.join(ACCELERATIONS)}; got {value!r}")
+        return check_acceleration(value)
 
-    @field_validator("duration")
+    @field_validator("duration", mode="before")
     @classmethod
-    def _check_duration(cls, value: str) -> str:
-        match = re.fullmatch(r"(\d+)s", value) if isinstance(value, str) else None
-        seconds = int(match.group(1)) if match else None
-        if seconds is None or not MIN_DURATION_SECONDS <= seconds <= MAX_DURATION_SECONDS:
-            raise ValueError(
-                f"duration must be whole seconds from {MIN_DURATION_SECONDS}s to "
-                f"{MAX_DURATION_SECONDS}s, written like "
-                f"{', '.join(DOCUMENTED_DURATIONS)} or as an int; got {value!r}"
-            )
-        return value
+    def _check_duration(cls, value: object) -> object:
+        return f"{duration_seconds(value)}s"
 
     @field_validator("num_inference_steps", mode="before")
     @classmethod
     def _check_steps(cls, value: object) -> object:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or not MIN_INFERENCE_STEPS <= value <= MAX_INFERENCE_STEPS
-        ):
-            raise ValueError(
-                f"num_inference_steps must be an integer from {MIN_INFERENCE_STEPS} to "
-                f"{MAX_INFERENCE_STEPS}; got {value!r}"
-            )
-        return value
+        return check_steps(value)
 
     @property
     def duration_seconds(self) -> int:
@@ -306,13 +394,23 @@ class VideoJob(BaseModel):
     idempotency_key: str | None = Field(
         default=None, description="The key that makes this submit hold across flow runs."
     )
+    input_preview: str | None = Field(
+        default=None,
+        description="A small thumbnail of the input image as a data: URI, made when the image "
+        "was checked before the submit; None when it was not checked.",
+    )
 
 
 class StatusEvent(BaseModel):
-    """One status change observed while waiting."""
+    """One status change of a generation, by the gateway's clock where it gives one."""
 
     status: JobStatus = Field(description="The status entered.")
-    at: datetime = Field(description="When it was first observed (UTC).")
+    at: datetime = Field(description="When it was entered (UTC).")
+    source: Literal["gateway", "observed"] = Field(
+        default="observed",
+        description="gateway: a timestamp of the gateway; observed: when a status read first "
+        "saw it (this machine's clock), where the gateway gives no timestamp.",
+    )
 
 
 class CompletedVideo(BaseModel):
@@ -326,16 +424,26 @@ class CompletedVideo(BaseModel):
         default=None, description="The request, when the wait started from a job."
     )
     timeline: list[StatusEvent] = Field(
-        default_factory=list, description="Status changes observed while waiting."
+        default_factory=list,
+        description="One event per status, in time order: the gateway's timestamps where it "
+        "gives them, else when a status read first saw the status.",
     )
     queue_seconds: float | None = Field(
-        default=None, description="Seconds from creation until processing was observed."
+        default=None,
+        description="Seconds QUEUED, by the gateway's clock; None when no status read saw "
+        "PROCESSING (the gateway then gives no start of processing).",
     )
     processing_seconds: float | None = Field(
-        default=None, description="Seconds from processing until completion."
+        default=None,
+        description="Seconds PROCESSING, by the gateway's clock; None like queue_seconds.",
     )
     total_seconds: float | None = Field(
-        default=None, description="Seconds from creation until completion, by the gateway."
+        default=None,
+        description="Seconds from creation until completion, by the gateway's clock; "
+        "queue_seconds + processing_seconds when both are known.",
+    )
+    input_preview: str | None = Field(
+        default=None, description="A small thumbnail of the input image as a data: URI."
     )
 
     @property
@@ -344,6 +452,28 @@ class CompletedVideo(BaseModel):
         if not self.media_urls:
             raise ValueError(f"Generation {self.request_id} completed without a media URL")
         return self.media_urls[0]
+
+
+class EmbeddedPreview(BaseModel):
+    """Small pictures of a stored video, as data: URIs that an artifact can embed."""
+
+    width: int = Field(description="Width of the pictures in pixels.")
+    height: int = Field(description="Height of the pictures in pixels.")
+    poster: str = Field(description="The poster frame, a data:image/jpeg URI.")
+    strip: list[str] = Field(
+        default_factory=list, description="Frames spread across the video, data: URIs."
+    )
+    strip_seconds: list[float] = Field(
+        default_factory=list, description="Where in the video each strip frame is, in seconds."
+    )
+    clip: str | None = Field(
+        default=None, description="A short low-resolution clip as a data:video/mp4 URI."
+    )
+
+    @property
+    def size_bytes(self) -> int:
+        """Characters of every data: URI together, as embedded in an artifact."""
+        return sum(len(uri) for uri in (self.poster, *self.strip, self.clip or ""))
 
 
 class PersistedVideo(BaseModel):
@@ -358,12 +488,78 @@ class PersistedVideo(BaseModel):
     public_url: str | None = Field(
         default=None, description="An https link to the stored copy (a presigned S3 URL)."
     )
+    public_url_expires_at: datetime | None = Field(
+        default=None, description="When ``public_url`` stops working (UTC)."
+    )
     duration_seconds: float | None = Field(default=None, description="Probed duration.")
     fps: float | None = Field(default=None, description="Probed frames per second.")
     frames: int | None = Field(default=None, description="Probed number of frames.")
     width: int | None = Field(default=None, description="Probed width in pixels.")
     height: int | None = Field(default=None, description="Probed height in pixels.")
     codec: str | None = Field(default=None, description="Probed video codec.")
+    preview: EmbeddedPreview | None = Field(
+        default=None,
+        description="Poster and frames of the video for artifacts; None without PyAV.",
+    )
     video: CompletedVideo | None = Field(
         default=None, description="The completed generation this file came from."
     )
+
+
+class Timings(NamedTuple):
+    """A generation's timeline and durations, one source of truth per event."""
+
+    timeline: list[StatusEvent]
+    queue_seconds: float | None
+    processing_seconds: float | None
+    total_seconds: float | None
+
+
+def gateway_timings(
+    final: StatusResponse,
+    *,
+    processing: StatusResponse | None = None,
+    observed: dict[JobStatus, datetime] | None = None,
+) -> Timings:
+    """Build the timeline and durations of a generation from the gateway's timestamps.
+
+    QUEUED is the gateway's ``created_at``; PROCESSING is the ``updated_at`` of the first
+    status read that saw it (``processing``), the one timestamp the gateway gives for the
+    start of processing; the terminal status is ``completed_at``. Where the gateway gives no
+    timestamp, the time a status read first saw the status (``observed``) stands in, marked
+    as observed. Events are sorted, never earlier than the one before (the gateway writes
+    some timestamps in whole seconds), and the durations all come from the same points, so
+    queue plus processing is the total.
+    """
+    seen = observed or {}
+    points: list[tuple[JobStatus, datetime | None, datetime | None]] = [
+        (JobStatus.QUEUED, final.created_at, seen.get(JobStatus.QUEUED)),
+        (
+            JobStatus.PROCESSING,
+            processing.updated_at if processing is not None else None,
+            seen.get(JobStatus.PROCESSING),
+        ),
+    ]
+    if final.status.is_terminal:
+        ended = final.completed_at or final.updated_at
+        points.append((final.status, ended, seen.get(final.status)))
+    timeline: list[StatusEvent] = []
+    for status, gateway_at, observed_at in points:
+        at = gateway_at or observed_at
+        if at is None:
+            continue
+        if timeline and at < timeline[-1].at:
+            at = timeline[-1].at
+        source: Literal["gateway", "observed"] = "gateway" if gateway_at else "observed"
+        timeline.append(StatusEvent(status=status, at=at, source=source))
+    by_status = {event.status: event for event in timeline}
+    created = by_status.get(JobStatus.QUEUED)
+    started = by_status.get(JobStatus.PROCESSING)
+    finished = by_status.get(final.status) if final.status.is_terminal else None
+    total = queue = processing_seconds = None
+    if created and finished and created.source == finished.source:
+        total = (finished.at - created.at).total_seconds()
+        if started and started.source == created.source:
+            queue = (started.at - created.at).total_seconds()
+            processing_seconds = total - queue
+    return Timings(timeline, queue, processing_seconds, total)

@@ -37,6 +37,7 @@ import tempfile
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, TypeAlias, TypeVar, cast
@@ -55,7 +56,7 @@ from prefect_kandinsky._constants import (
 )
 from prefect_kandinsky.client import KandinskyClient, MediaStream
 from prefect_kandinsky.exceptions import KandinskyMediaError
-from prefect_kandinsky.models import CompletedVideo, PersistedVideo
+from prefect_kandinsky.models import CompletedVideo, EmbeddedPreview, PersistedVideo
 
 __all__ = [
     "Destination",
@@ -72,6 +73,8 @@ Destination: TypeAlias = str | os.PathLike[str] | S3Bucket | WritableFileSystem
 
 MAX_PRESIGN_EXPIRES_SECONDS = 7 * 24 * 3600
 """The longest lifetime S3 (SigV4) allows a presigned URL."""
+DEFAULT_PREVIEW_FRAMES = 5
+"""Frames in the strip of a video's preview."""
 MAX_STEM_LENGTH = 200
 """Longest file name stem made from a request id, leaving room for an extension."""
 
@@ -291,6 +294,7 @@ async def persist_media(
     presign_expires_seconds: int | None = DEFAULT_PRESIGN_EXPIRES_SECONDS,
     multipart_threshold: int = DEFAULT_S3_MULTIPART_THRESHOLD,
     multipart_chunksize: int = DEFAULT_S3_MULTIPART_CHUNKSIZE,
+    preview: bool | int = False,
     logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
 ) -> PersistedVideo:
     """Stream a completed video to its destination in constant memory and describe the copy.
@@ -322,6 +326,9 @@ async def persist_media(
         presign_expires_seconds: Lifetime of the S3 ``public_url``; None for no link.
         multipart_threshold: Bytes above which an S3 upload goes multipart.
         multipart_chunksize: Bytes per part of a multipart S3 upload.
+        preview: Make small preview pictures of the video for artifacts (needs PyAV):
+            ``True`` for a poster and a strip of frames, a number for a strip of that
+            many frames (0: the poster alone), ``False`` for none.
         logger: Where progress is logged (a Prefect run logger in tasks).
 
     Returns:
@@ -336,36 +343,13 @@ async def persist_media(
     """
     log = logger or _logger
     request_id = video.request_id
-    if not video.media_urls:
-        raise KandinskyMediaError(
-            f"Generation {request_id} completed without a media URL: nothing to persist",
-            request_id=request_id,
-        )
-    url = video.media_urls[0]
-    if filename is not None:
-        _check_filename(filename)
-    if presign_expires_seconds is not None and not (
-        1 <= presign_expires_seconds <= MAX_PRESIGN_EXPIRES_SECONDS
-    ):
-        raise ValueError(
-            f"presign_expires_seconds must be from 1 to {MAX_PRESIGN_EXPIRES_SECONDS} "
-            f"(7 days), or None for no link; got {presign_expires_seconds!r}"
-        )
+    url = _check_request(video, filename, presign_expires_seconds)
     plan = await _run(_plan_local, destination, filename)
     temp: Path | None = None
     where = destination_key(destination)
     try:
         async with client.open_media(url, request_id=request_id, chunk_size=chunk_size) as media:
-            served_type = _base_type(media.content_type)
-            if served_type is not None and served_type.startswith(_PAGE_TYPES):
-                raise KandinskyMediaError(
-                    f"The media link {url} of {request_id} answered with {served_type} instead "
-                    "of media (an error or login page?); nothing was stored: read the status "
-                    "again for fresh links",
-                    request_id=request_id,
-                    url=url,
-                )
-            media_type = video.media_type or served_type
+            media_type = video.media_type or _served_media_type(media, request_id)
             name = filename or output_filename(request_id, media_type, url)
             target = None if plan is None else await _run(plan.target, name)
             staging = target.parent if target is not None else Path(tempfile.gettempdir())
@@ -373,27 +357,12 @@ async def persist_media(
             size, sha256 = await _download(media, temp, durable=target is not None)
             if media.resumes:
                 log.info("Download of %s resumed %d time(s) with Range", url, media.resumes)
-            declared = media.content_length
-        if declared is not None and size != declared:
-            raise KandinskyMediaError(
-                f"Download of {url} for {request_id} received {size} bytes but the CDN "
-                f"declared {declared} (Content-Length); nothing was stored: persist it again, "
-                "and if it repeats the CDN is serving a broken file",
-                request_id=request_id,
-                url=url,
-            )
-        if size == 0:
-            raise KandinskyMediaError(
-                f"Download of {url} for {request_id} is empty (0 bytes); nothing was stored",
-                request_id=request_id,
-                url=url,
-            )
-        facts = await _run(probe_video, temp) or VideoFacts()
-        public_url: str | None = None
+            _check_length(media, size, request_id)
+        facts, pictures = await _run(_describe, temp, preview)
         if plan is not None and target is not None:
-            where = plan.uri_prefix + str(target)
+            where = uri = plan.uri_prefix + str(target)
             reused = await _run(_place_file, temp, target, sha256, overwrite, request_id)
-            uri = where
+            public_url: str | None = None
         elif isinstance(destination, S3Bucket):
             key = "/".join(part for part in (destination.bucket_folder.strip("/"), name) if part)
             where = uri = f"s3://{destination.bucket_name}/{key}"
@@ -417,6 +386,7 @@ async def persist_media(
             reused, uri = await _store_block(
                 destination, name, temp, sha256=sha256, overwrite=overwrite, request_id=request_id
             )
+            public_url = None
     except OSError as exc:
         raise KandinskyMediaError(
             f"Storing {request_id} at {where} failed: {exc}; check the destination's free "
@@ -443,13 +413,84 @@ async def persist_media(
         media_type=media_type,
         source_url=url,
         public_url=public_url,
+        public_url_expires_at=(
+            datetime.now(timezone.utc) + timedelta(seconds=presign_expires_seconds)
+            if public_url is not None and presign_expires_seconds is not None
+            else None
+        ),
         duration_seconds=facts.duration_seconds,
         fps=facts.fps,
         frames=facts.frames,
         width=facts.width,
         height=facts.height,
         codec=facts.codec,
+        preview=pictures,
     )
+
+
+def _check_request(
+    video: CompletedVideo, filename: str | None, presign_expires_seconds: int | None
+) -> str:
+    """The media URL to store; refuses a video without one and unusable arguments."""
+    if not video.media_urls:
+        raise KandinskyMediaError(
+            f"Generation {video.request_id} completed without a media URL: nothing to persist",
+            request_id=video.request_id,
+        )
+    if filename is not None:
+        _check_filename(filename)
+    if presign_expires_seconds is not None and not (
+        1 <= presign_expires_seconds <= MAX_PRESIGN_EXPIRES_SECONDS
+    ):
+        raise ValueError(
+            f"presign_expires_seconds must be from 1 to {MAX_PRESIGN_EXPIRES_SECONDS} "
+            f"(7 days), or None for no link; got {presign_expires_seconds!r}"
+        )
+    return video.media_urls[0]
+
+
+def _served_media_type(media: MediaStream, request_id: str) -> str | None:
+    """The CDN's media type; refuses a text page served instead of media."""
+    served_type = _base_type(media.content_type)
+    if served_type is not None and served_type.startswith(_PAGE_TYPES):
+        raise KandinskyMediaError(
+            f"The media link {media.url} of {request_id} answered with {served_type} instead "
+            "of media (an error or login page?); nothing was stored: read the status "
+            "again for fresh links",
+            request_id=request_id,
+            url=media.url,
+        )
+    return served_type
+
+
+def _check_length(media: MediaStream, size: int, request_id: str) -> None:
+    """Refuse a download shorter or longer than declared, or empty."""
+    declared = media.content_length
+    if declared is not None and size != declared:
+        raise KandinskyMediaError(
+            f"Download of {media.url} for {request_id} received {size} bytes but the CDN "
+            f"declared {declared} (Content-Length); nothing was stored: persist it again, "
+            "and if it repeats the CDN is serving a broken file",
+            request_id=request_id,
+            url=media.url,
+        )
+    if size == 0:
+        raise KandinskyMediaError(
+            f"Download of {media.url} for {request_id} is empty (0 bytes); nothing was stored",
+            request_id=request_id,
+            url=media.url,
+        )
+
+
+def _describe(path: Path, preview: bool | int) -> tuple[VideoFacts, EmbeddedPreview | None]:
+    """Probe the video and, if asked, make its preview pictures (blocking)."""
+    facts = probe_video(path) or VideoFacts()
+    if preview is False:
+        return facts, None
+    from prefect_kandinsky.previews import embedded_preview
+
+    frames = DEFAULT_PREVIEW_FRAMES if preview is True else int(preview)
+    return facts, embedded_preview(path, frames=frames)
 
 
 async def _run(func: Callable[..., _T], *args: Any) -> _T:

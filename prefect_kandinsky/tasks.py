@@ -14,7 +14,7 @@ on several machines must share them.
 
 from __future__ import annotations
 
-import time
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -33,27 +33,34 @@ from prefect_kandinsky._constants import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_WAIT_TIMEOUT_SECONDS,
 )
-from prefect_kandinsky.artifacts import WaitProgress, publish_video_artifacts
-from prefect_kandinsky.client import KandinskyClient
+from prefect_kandinsky._watch import report
+from prefect_kandinsky.artifacts import (
+    WaitProgress,
+    publish_failure_summary,
+    publish_video_artifacts,
+)
+from prefect_kandinsky.client import KandinskyClient, raise_for_outcome
 from prefect_kandinsky.credentials import KandinskyCredentials
 from prefect_kandinsky.exceptions import (
     KandinskyAPIError,
     KandinskyConnectionError,
+    KandinskyJobError,
     KandinskyMediaError,
     KandinskyMediaExpiredError,
     KandinskyRateLimitError,
     KandinskyServerError,
     KandinskySubmitUncertainError,
 )
+from prefect_kandinsky.inputs import check_image as check_image_url
 from prefect_kandinsky.models import (
     CompletedVideo,
     JobStatus,
     PersistedVideo,
-    StatusEvent,
     StatusResponse,
     VideoJob,
     VideoRequest,
     WebhookMode,
+    gateway_timings,
 )
 from prefect_kandinsky.storage import Destination, destination_key, persist_media
 
@@ -129,12 +136,14 @@ class SubmitCachePolicy(_InputsKeyPolicy):
         if not scope:
             run = task_ctx.task_run
             scope = ("flow-run", str(run.flow_run_id or run.id))
+        take = inputs.get("take") or 1
         return (
             "kandinsky-submit",
             scope,
             request.to_payload(),
             _gateway_identity(inputs.get("credentials")),
             inputs.get("webhook_url"),
+            *((("take", take),) if take != 1 else ()),
         )
 
 
@@ -237,6 +246,23 @@ def _persist_run_name() -> str:
 # -- tasks -------------------------------------------------------------------------------
 
 
+async def _checked_input(url: str, logger: Any) -> str | None:
+    """Check the input image before paying; return its thumbnail as a data: URI, if any."""
+    checked = await check_image_url(url, read_content=True)
+    logger.info(
+        "Input image %s is a %s (%s bytes)",
+        url.split("?", 1)[0],
+        checked.kind,
+        checked.size_bytes if checked.size_bytes is not None else "unknown",
+    )
+    if checked.content is None:
+        return None
+    from prefect_kandinsky.previews import image_thumbnail
+
+    thumbnail = await asyncio.to_thread(image_thumbnail, checked.content)
+    return thumbnail.data_uri() if thumbnail is not None else None
+
+
 @task(
     name="submit-video",
     task_run_name=_submit_run_name,
@@ -257,15 +283,20 @@ async def submit_video(
     num_inference_steps: int | None = None,
     acceleration: str | None = None,
     idempotency_key: str | None = None,
+    take: int = 1,
     webhook_url: str | None = None,
     webhook_mode: WebhookMode | None = None,
     rate_limit: str | None = None,
+    check_image: bool = True,
 ) -> VideoJob:
     """Submit one image-to-video generation; the gateway bills it.
 
-    The request is validated before any network call. Within one flow run the same request
-    is submitted once, however often the task or the flow run is retried; an
-    ``idempotency_key`` makes that hold across flow runs (one video per schedule slot).
+    The request is validated and its image checked before anything is paid. The submit is
+    cached, so it happens once per flow run and request however often the task or the flow
+    run is retried: **two identical calls in one flow run are one job**, returned twice. Ask
+    for several takes of one prompt with ``take=1, 2, ...`` (each take is a separate paid
+    video), and make a submit hold across flow runs with an ``idempotency_key`` (one video
+    per schedule slot).
 
     Args:
         request: A ``VideoRequest`` (or a dict of its fields).
@@ -277,15 +308,25 @@ async def submit_video(
         num_inference_steps: 20 to 50.
         acceleration: "regular", "fast" or "ultra_fast".
         idempotency_key: A key that makes the submit happen once across flow runs.
+        take: Which take of this request (per flow run, or per ``idempotency_key``): the
+            same take is submitted once, each other take is a new paid video.
         webhook_url: An https endpoint the gateway POSTs the final status to.
         webhook_mode: "terminal" or "sync".
         rate_limit: The name of a Prefect global concurrency limit with slot decay; each
             submit takes one slot first, so every worker shares one gateway rate. The limit
             must exist (``prefect gcl create kandinsky-submits --limit 10
             --slot-decay-per-second 0.5``); a missing one is an error, not a silent pass.
+        check_image: Fetch the image before submitting and refuse anything that is not an
+            image (a 404, an HTML page, a 403), so a mistyped URL costs nothing. Turn it off
+            for image hosts that only the gateway can reach.
 
     Returns:
         The queued job: request id, polling URL, the request and its cost estimate.
+
+    Raises:
+        KandinskyImageError: the image check failed; nothing was submitted.
+        KandinskySubmitUncertainError: the gateway may have queued the job but its answer
+            was lost; it is not resent.
 
     Example:
         ```python
@@ -303,6 +344,8 @@ async def submit_video(
             return job.request_id
         ```
     """
+    if isinstance(take, bool) or not isinstance(take, int) or take < 1:
+        raise ValueError(f"take must be a whole number from 1; got {take!r}")
     video = _request_from_inputs(
         {
             "request": request,
@@ -316,6 +359,7 @@ async def submit_video(
     )
     creds = _credentials(credentials)
     logger = get_run_logger()
+    preview = await _checked_input(video.image_url, logger) if check_image else None
     logger.info(
         "Submitting %s %s video (estimated cost %s)",
         video.resolution,
@@ -335,29 +379,7 @@ async def submit_video(
         estimated_cost_usd=video.estimated_cost_usd,
         submitted_at=datetime.now(timezone.utc),
         idempotency_key=idempotency_key,
-    )
-
-
-def _completed(
-    status: StatusResponse, request: VideoRequest | None, timeline: list[StatusEvent]
-) -> CompletedVideo:
-    seen = {event.status: event.at for event in timeline}
-    started = seen.get(JobStatus.PROCESSING)
-    created = status.created_at
-    finished = status.completed_at or seen.get(JobStatus.COMPLETED)
-    queue = (started - created).total_seconds() if started and created else None
-    processing = (finished - started).total_seconds() if finished and started else None
-    total = (finished - created).total_seconds() if finished and created else None
-    return CompletedVideo(
-        request_id=status.request_id,
-        status=status,
-        media_urls=status.media_urls,
-        media_type=status.output.media_type if status.output else None,
-        request=request,
-        timeline=timeline,
-        queue_seconds=max(queue, 0.0) if queue is not None else None,
-        processing_seconds=max(processing, 0.0) if processing is not None else None,
-        total_seconds=max(total, 0.0) if total is not None else None,
+        input_preview=preview,
     )
 
 
@@ -382,7 +404,9 @@ async def await_video(
     """Wait until a generation completes; show its progress as an artifact.
 
     Only status changes are logged. A completed result is cached by request id, so a
-    re-run neither polls nor waits again.
+    re-run neither polls nor waits again. A generation that ends FAILED or ERROR, or outlasts
+    the deadline, publishes a summary artifact saying what failed, whether it was charged
+    and how to go on, before the error is raised.
 
     Args:
         job: The job from ``submit_video``, or a request id (to resume a wait).
@@ -414,28 +438,56 @@ async def await_video(
     request_id = _request_id(job)
     creds = _credentials(credentials)
     logger = get_run_logger()
-    progress = WaitProgress(request_id)
-    timeline: list[StatusEvent] = []
-    started = time.monotonic()
+    submitted = job if isinstance(job, VideoJob) else None
+    progress = WaitProgress(
+        request_id,
+        prompt=submitted.request.prompt if submitted else None,
+        since=submitted.submitted_at if submitted else None,
+    )
+    observed: dict[JobStatus, datetime] = {}
+    processing: list[StatusResponse] = []
 
     def on_change(status: StatusResponse) -> None:
-        timeline.append(StatusEvent(status=status.status, at=datetime.now(timezone.utc)))
+        observed[status.status] = datetime.now(timezone.utc)
+        if status.status is JobStatus.PROCESSING:
+            processing.append(status)
         logger.info("Generation %s is %s", request_id, status.status.value)
 
     async def on_poll(status: StatusResponse) -> None:
-        await progress.update(status, time.monotonic() - started)
+        report(request_id, status)
+        await progress.update(status)
 
-    async with creds.get_client(logger=logger) as client:
-        final = await client.wait(
-            request_id,
-            timeout=timeout_seconds,
-            poll_interval=poll_interval,
-            max_poll_interval=max_poll_interval,
-            on_change=on_change,
-            on_poll=on_poll,
-        )
-    request = job.request if isinstance(job, VideoJob) else None
-    return _completed(final, request, timeline)
+    try:
+        async with creds.get_client(logger=logger) as client:
+            final = await client.wait(
+                request_id,
+                timeout=timeout_seconds,
+                poll_interval=poll_interval,
+                max_poll_interval=max_poll_interval,
+                on_change=on_change,
+                on_poll=on_poll,
+                raise_on_failure=False,
+            )
+        raise_for_outcome(final)
+    except KandinskyJobError as exc:
+        await progress.fail(exc)
+        await publish_failure_summary(exc, job=submitted)
+        raise
+    timings = gateway_timings(
+        final, processing=processing[0] if processing else None, observed=observed
+    )
+    return CompletedVideo(
+        request_id=final.request_id,
+        status=final,
+        media_urls=final.media_urls,
+        media_type=final.output.media_type if final.output else None,
+        request=submitted.request if submitted else None,
+        timeline=timings.timeline,
+        queue_seconds=timings.queue_seconds,
+        processing_seconds=timings.processing_seconds,
+        total_seconds=timings.total_seconds,
+        input_preview=submitted.input_preview if submitted else None,
+    )
 
 
 async def _publish_on_completion(
@@ -460,8 +512,8 @@ async def _publish_on_completion(
 )
 async def persist_video(
     video: CompletedVideo,
-    destination: Destination = "output",
     credentials: KandinskyCredentials | None = None,
+    destination: Destination = "output",
     *,
     filename: str | None = None,
     overwrite: bool = False,
@@ -470,18 +522,18 @@ async def persist_video(
 
     The media is streamed in constant memory, hashed while written, checked against its
     declared length and resumed with Range requests if cut. The subscription key is never
-    sent to the CDN. Link and summary artifacts are published on every completion,
-    cached or not.
+    sent to the CDN. A summary artifact (with the video's poster and frames, when PyAV is
+    installed) is published on every completion, cached or not.
 
     Args:
         video: The completed video from ``await_video``.
-        destination: A directory or file path, an ``S3Bucket``, or a ``WritableFileSystem``.
         credentials: Only the gateway's timeouts are used; no key is sent to the CDN.
+        destination: A directory or file path, an ``S3Bucket``, or a ``WritableFileSystem``.
         filename: The file name; by default the request id with the media's extension.
         overwrite: Replace an existing file with other content instead of failing.
 
     Returns:
-        Where the video is: URI, size, sha256, media type and probed video facts.
+        Where the video is: URI, size, sha256, media type, probed facts and preview frames.
 
     Example:
         ```python
@@ -494,9 +546,15 @@ async def persist_video(
             credentials = await KandinskyCredentials.load("BLOCK_NAME")
             video = await await_video(request_id, credentials)
             bucket = await S3Bucket.load("videos")
-            return await persist_video(video, bucket)
+            return await persist_video(video, credentials, bucket)
         ```
     """
+    if credentials is not None and not isinstance(credentials, KandinskyCredentials):
+        raise TypeError(
+            "persist_video takes credentials second, like submit_video and await_video: call "
+            f"persist_video(video, credentials, destination); got a {type(credentials).__name__} "
+            "as credentials"
+        )
     logger = get_run_logger()
     client = (
         credentials.get_client(logger=logger)
@@ -505,13 +563,12 @@ async def persist_video(
     )
     async with client:
         persisted = await persist_media(
-            client, video, destination, filename=filename, overwrite=overwrite
+            client,
+            video,
+            destination,
+            filename=filename,
+            overwrite=overwrite,
+            preview=True,
+            logger=logger,
         )
-    logger.info(
-        "Stored %s at %s (%d bytes, sha256 %s)",
-        video.request_id,
-        persisted.uri,
-        persisted.size_bytes,
-        persisted.sha256[:12],
-    )
     return persisted.model_copy(update={"video": video})

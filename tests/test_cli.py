@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
@@ -82,7 +84,146 @@ def test_generate_animates_a_local_file_on_the_emulator(
     assert "Cost:        unknown" in out
 
 
-def test_local_image_needs_the_emulator() -> None:
-    """A local file cannot go to the real gateway; the message says what to do."""
-    with pytest.raises(SystemExit, match="needs a public http\\(s\\) URL.*--emulator"):
-        cli.main(["generate", "--prompt", "p", "--image", str(SAMPLE_IMAGE_PATH)])
+def test_local_image_needs_the_emulator(capsys: pytest.CaptureFixture[str]) -> None:
+    """A local file cannot go to the real gateway; one line says what to do."""
+    code = cli.main(["generate", "--prompt", "p", "--image", str(SAMPLE_IMAGE_PATH)])
+    err = capsys.readouterr().err
+    assert 2 == code
+    assert 1 == len(err.splitlines())
+    assert "needs a public http(s) URL (or add --emulator" in err
+
+
+# -- mistakes are one line, exit code 2, and no flow run ------------------------------------
+
+
+async def flow_run_count() -> int:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return len(await client.read_flow_runs())
+
+
+def run_cli(*args: str, api_url: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The installed command in a fresh process, on the test's Prefect API."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "KANDINSKY_"))}
+    clean.update(PREFECT_API_URL=api_url, PREFECT_SERVER_ANALYTICS_ENABLED="false", **env)
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("prefect-kandinsky")), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean,
+    )
+
+
+@pytest.mark.usefixtures("prefect_api")
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ["--image", "https://example.com/beach.png"],
+            "no gateway API key: pass --credentials NAME (a saved KandinskyCredentials block), "
+            "set KANDINSKY_API_KEY, or add --emulator",
+        ),
+        (
+            ["--image", "https://example.com/beach.png", "--duration", "11s"],
+            "argument --duration: duration must be whole seconds from 1s to 10s",
+        ),
+        (
+            ["--image", "https://example.com/beach.png", "--resolution", "720P"],
+            "argument --resolution: resolution must be one of 256P, 512P, 1024P; got '720P'",
+        ),
+        (
+            ["--image", "https://example.com/beach.png", "--credentials", "no-such-block"],
+            "--credentials 'no-such-block': no KandinskyCredentials block of that name",
+        ),
+        (["--image", "beach.png"], "--image 'beach.png' is a local file"),
+    ],
+)
+async def test_mistakes_are_one_line_and_run_nothing(args: list[str], says: str) -> None:
+    """A missing key or a bad argument: one line on stderr, exit 2, no flow run created."""
+    from prefect.settings import PREFECT_API_URL
+
+    before = await flow_run_count()
+    result = run_cli(
+        "generate", "--prompt", "Waves roll in.", *args, api_url=PREFECT_API_URL.value()
+    )
+    assert 2 == result.returncode
+    assert [f"prefect-kandinsky: {says}"] == [
+        line[: len(f"prefect-kandinsky: {says}")] for line in result.stderr.splitlines()
+    ]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert before == await flow_run_count()
+
+
+@pytest.mark.usefixtures("prefect_api")
+async def test_a_bad_image_url_is_refused_before_paying(kandinsky_emulator: Any) -> None:
+    """With a real key, a 404 image is one line and exit 2: no flow run, no submit."""
+    from prefect.settings import PREFECT_API_URL
+
+    from prefect_kandinsky import KandinskyCredentials
+
+    await KandinskyCredentials(
+        api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url
+    ).save("cli-emulator", overwrite=True)
+    before = await flow_run_count()
+    missing = kandinsky_emulator.cdn_url + "/samples/beach.png"
+    result = run_cli(
+        "generate",
+        "--prompt",
+        "Waves roll in.",
+        "--image",
+        missing,
+        "--credentials",
+        "cli-emulator",
+        api_url=PREFECT_API_URL.value(),
+    )
+    assert 2 == result.returncode, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert f"image_url {missing} answered 404 Not Found" in line
+    assert line.endswith("(or pass --no-check-image)")
+    assert before == await flow_run_count()
+    assert 0 == kandinsky_emulator.state.count("submit")
+
+
+@pytest.mark.usefixtures("prefect_api")
+async def test_generate_shows_progress_and_where_the_video_is(
+    kandinsky_emulator: Any, tmp_path: Path
+) -> None:
+    """A saved block by name, "1s" as duration: status lines, then the video's path."""
+    from prefect.settings import PREFECT_API_URL
+
+    from prefect_kandinsky import KandinskyCredentials
+
+    await KandinskyCredentials(
+        api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url
+    ).save("cli-emulator", overwrite=True)
+    kandinsky_emulator.configure(queue_seconds=0.3, processing_seconds=0.6)
+    result = run_cli(
+        "generate",
+        "--prompt",
+        "Waves roll in.",
+        "--image",
+        kandinsky_emulator.sample_image_url,
+        "--credentials",
+        "cli-emulator",
+        "--resolution",
+        "256p",
+        "--duration",
+        "1s",
+        "--poll-interval",
+        "0.1",
+        "--output",
+        str(tmp_path),
+        api_url=PREFECT_API_URL.value(),
+    )
+    assert 0 == result.returncode, result.stderr
+    statuses = [line.split()[0] for line in result.stderr.splitlines() if line.strip()]
+    assert ["QUEUED", "PROCESSING", "COMPLETED"] == statuses
+    video = re.search(r"^Video:\s+(\S+)$", result.stdout, re.MULTILINE)
+    assert video and Path(video.group(1)).is_file()
+    assert re.search(r"^Artifacts:\s+kandinsky-summary-\S+ \[markdown\]$", result.stdout, re.M)
+    assert re.search(
+        r"^Open:\s+http://127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36}$", result.stdout, re.M
+    )
+    assert 1 == kandinsky_emulator.state.count("submit")

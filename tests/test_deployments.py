@@ -271,12 +271,14 @@ class _Processes:
         self.started: dict[str, subprocess.Popen[bytes]] = {}
         logs.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, args: list[str], **env: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, args: list[str], **env: str | None) -> subprocess.Popen[bytes]:
+        """Start ``args``; ``env`` adds variables, or removes those set to None."""
+        merged = {**self.env, **env}
         with (self.logs / f"{name}.log").open("wb") as log:
             process = subprocess.Popen(
                 args,
                 cwd=REPO,
-                env={**self.env, **env},
+                env={k: v for k, v in merged.items() if v is not None},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -369,7 +371,7 @@ def test_deployments_run_on_a_process_worker(
     small = {
         "image_url": kandinsky_emulator.sample_image_url,
         "resolution": "256P",
-        "duration": "1",
+        "duration": "1s",
         "poll_interval_seconds": "0.05",
     }
     processes = _Processes(tmp_path / "logs", _isolated_env(tmp_path / "prefect-home", api_url))
@@ -389,9 +391,10 @@ def test_deployments_run_on_a_process_worker(
             "work-pool", [PREFECT, "work-pool", "create", WORK_POOL, "--type", "process"]
         )
         processes.wait_ok("save-block", "work-pool")
-        processes.start(
-            "deploy", [PREFECT, "deploy", "--prefect-file", "deployments/prefect.yaml", "--all"]
-        )
+        # In a terminal, as a user runs it: a question would hang until the timeout, and
+        # accepting prompt defaults must never schedule the paid on-demand deployment.
+        deploy = f"{PREFECT} deploy --prefect-file deployments/prefect.yaml --all"
+        processes.start("deploy", ["script", "-qec", deploy, "/dev/null"], PREFECT_CLI_PROMPT=None)
         processes.start("worker", [PREFECT, "worker", "start", "--pool", WORK_POOL])
         processes.wait_ok("deploy")
 
@@ -438,9 +441,12 @@ def test_deployments_run_on_a_process_worker(
         assert [(False, "0 6 * * *")] == [
             (s["active"], s["schedule"]["cron"]) for s in daily["schedules"]
         ]
-        stored = {a["key"].split("-")[1]: a["data"] for a in artifacts}
-        assert f"(file://{stored_videos[0]})" in stored["video"]  # the link to the stored MP4
-        assert "| Frames | 25 at 24 fps |" in stored["summary"]
+        assert [] == deployment["schedules"]
+        assert "Would you like" not in processes.output("deploy"), "prefect deploy asked"
+        (summary,) = [a["data"] for a in artifacts if a["type"] == "markdown"]
+        assert f"`{stored_videos[0]}`" in summary and "file://" not in summary
+        assert "25 frames at 24 fps" in summary
+        assert summary.count("data:image/jpeg;base64,") >= 6, "poster and frames are embedded"
         passed = True
     finally:
         processes.stop_all()

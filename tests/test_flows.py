@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import html
+import threading
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -74,18 +78,17 @@ async def test_generate_video_writes_the_mp4_and_links_it(
     assert video.request_id in video.uri
 
     found = await artifacts_of(state.state_details.flow_run_id)  # type: ignore[arg-type]
-    media = found[artifact_key(video.request_id, "media")]
-    stored = found[artifact_key(video.request_id, "video")]
     summary = found[artifact_key(video.request_id, "summary")]
-    progress = found[artifact_key(video.request_id, "progress")]
-    assert video.source_url in str(media.data)
-    assert f"file://{video.uri}" in str(stored.data)
-    assert video.sha256 in str(summary.data)
-    assert "The sun rises over the hills." in str(summary.data)
-    assert f"![input image]({kandinsky_emulator.sample_image_url})" in str(summary.data)
-    assert "| 256P |" in str(summary.data) and "unknown" in str(summary.data)
-    assert "| created |" in str(summary.data) and "after creation" in str(summary.data)
+    assert {"unkeyed-progress", artifact_key(video.request_id, "summary")} == set(found)
+    text = str(summary.data)
+    assert text.startswith("## The sun rises over the hills.")
+    assert f"`{video.uri}`" in text and "file://" not in text
+    assert video.sha256 in text and "| resolution | 256P |" in text
+    assert f'src="{video.source_url}"' in text, "a playable video while the CDN link lives"
+    assert str(summary.description).startswith("The sun rises over the hills.")
+    progress = found["unkeyed-progress"]
     assert 100.0 == progress.data
+    assert str(progress.description).startswith("The sun rises over the hills.")
     for artifact in found.values():
         assert credentials.api_key.get_secret_value() not in str(artifact.data)
         assert credentials.api_key.get_secret_value() not in str(artifact.description)
@@ -219,6 +222,8 @@ async def test_saved_block_name_and_s3_destination(
     stored = found[artifact_key(video.request_id, "video")]
     assert video.public_url in str(stored.data)
     assert video.uri in str(stored.data)
+    summary = str(found[artifact_key(video.request_id, "summary")].data)
+    assert f'src="{html.escape(video.public_url)}"' in summary, "plays from the presigned link"
 
 
 async def test_shared_result_storage_lets_another_machine_reuse_the_job(
@@ -309,3 +314,192 @@ async def test_submits_take_a_slot_of_a_shared_rate_limit(
         limit = await client.read_global_concurrency_limit_by_name(name)
     assert 1 == kandinsky_emulator.state.count("submit")
     assert 1 == limit.active_slots, "the submit occupied one slot, decaying at 0.01/s"
+
+
+# -- one consistent API ---------------------------------------------------------------------
+
+
+async def test_duration_is_accepted_as_documented_and_as_a_number(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """The flow takes "1s", the documentation's form, as well as 1."""
+    state = await run(**params(kandinsky_emulator, tmp_path, credentials, duration="1s"))
+    video: PersistedVideo = await state.result()  # type: ignore[misc]
+    assert 25 == frames_of(video.uri)[0]
+    (job,) = kandinsky_emulator.state.jobs()
+    assert 1 == job.duration_seconds
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (
+            "resolution",
+            "720P",
+            "resolution: resolution must be one of 256P, 512P, 1024P; got '720P'",
+        ),
+        ("duration", "11s", r"duration: duration must be whole seconds from 1s to 10s.*got '11s'"),
+        (
+            "image_url",
+            "beach.png",
+            "image_url must be an absolute http or https URL; got 'beach.png'",
+        ),
+        ("num_inference_steps", 60, "num_inference_steps must be an integer from 20 to 50; got 60"),
+        (
+            "acceleration",
+            "turbo",
+            "acceleration must be one of regular, fast, ultra_fast; got 'turbo'",
+        ),
+    ],
+)
+async def test_flow_parameter_errors_name_field_value_and_allowed(
+    kandinsky_emulator: Any,
+    credentials: KandinskyCredentials,
+    tmp_path: Path,
+    field: str,
+    value: object,
+    message: str,
+) -> None:
+    """A bad flow parameter is refused with the request model's own words, nothing paid."""
+    from prefect.exceptions import ParameterTypeError
+
+    with pytest.raises(ParameterTypeError, match=message) as caught:
+        await generate_video(**params(kandinsky_emulator, tmp_path, credentials, **{field: value}))
+    assert "errors.pydantic.dev" not in str(caught.value)
+    assert 0 == kandinsky_emulator.state.count("submit")
+
+
+async def test_identical_submits_in_one_run_are_one_job_and_takes_are_more(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials
+) -> None:
+    """The same request twice in a flow run is one paid job; take=2 is a second one."""
+    from prefect_kandinsky import submit_video
+
+    request = {
+        "prompt": "The kite climbs into the wind.",
+        "image_url": kandinsky_emulator.sample_image_url,
+        "resolution": "256P",
+        "duration": 1,
+    }
+
+    @flow
+    async def takes() -> list[str]:
+        first = await submit_video(request, credentials)
+        again = await submit_video(request, credentials)
+        second = await submit_video(request, credentials, take=2)
+        return [first.request_id, again.request_id, second.request_id]
+
+    first, again, second = await takes()
+    assert first == again != second
+    assert 2 == kandinsky_emulator.state.count("submit")
+
+
+async def test_the_flow_passes_file_name_overwrite_poll_cap_and_webhook(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """What the tasks can do, the flow exposes: file name, overwrite, poll cap, webhook."""
+    target = tmp_path / "videos" / "clip.mp4"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"an older file")
+    state = await run(
+        **params(
+            kandinsky_emulator,
+            tmp_path,
+            credentials,
+            filename="clip.mp4",
+            overwrite=True,
+            max_poll_interval_seconds=0.05,
+            webhook_url="https://hooks.example.com/kandinsky",
+            webhook_mode="sync",
+        )
+    )
+    video: PersistedVideo = await state.result()  # type: ignore[misc]
+    assert str(target) == video.uri
+    assert 25 == frames_of(video.uri)[0]
+    (job,) = kandinsky_emulator.state.jobs()
+    assert ("https://hooks.example.com/kandinsky", "sync") == (job.webhook_url, job.webhook_mode)
+
+
+def test_persist_video_takes_credentials_second() -> None:
+    """The old argument order fails at once, saying the new one."""
+    from prefect_kandinsky import persist_video
+    from prefect_kandinsky.models import CompletedVideo, StatusResponse
+
+    status = StatusResponse(request_id="r1", status="COMPLETED")
+    video = CompletedVideo(request_id="r1", status=status, media_urls=["https://cdn/x.mp4"])
+    with pytest.raises(TypeError, match=r"persist_video\(video, credentials, destination\)"):
+        asyncio.run(persist_video.fn(video, "output"))  # type: ignore[arg-type]
+
+
+# -- the image is checked before paying --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def image_host() -> Any:
+    """An image host on 127.0.0.1 that answers a page, a 403 and a 404."""
+    answers = {
+        "/page.html": (200, "text/html", b"<!DOCTYPE html><html><body>Sign in</body></html>"),
+        "/private.png": (403, "application/xml", b"<Error><Code>AccessDenied</Code></Error>"),
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            code, kind, body = answers.get(self.path, (404, "text/html", b"Not Found"))
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/beach.png", "answered 404 Not Found: check the URL"),
+        ("/page.html", "answered 200 with text/html, not an image"),
+        ("/private.png", "answered 403 Forbidden"),
+    ],
+)
+async def test_a_bad_image_url_costs_nothing(
+    kandinsky_emulator: Any,
+    credentials: KandinskyCredentials,
+    tmp_path: Path,
+    image_host: str,
+    path: str,
+    message: str,
+) -> None:
+    """A 404, an HTML page or a 403 is refused before the submit: nothing is paid."""
+    from prefect_kandinsky import KandinskyImageError
+
+    before = kandinsky_emulator.state.balance
+    url = image_host + path
+    state = await run(**params(kandinsky_emulator, tmp_path, credentials, image_url=url))
+    assert state.is_failed()
+    with pytest.raises(KandinskyImageError, match=f"image_url {url} {message}"):
+        await state.result()  # type: ignore[misc]
+    assert 0 == kandinsky_emulator.state.count("submit")
+    assert before == kandinsky_emulator.state.balance
+
+
+async def test_the_image_check_can_be_turned_off(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path, image_host: str
+) -> None:
+    """With check_image=False the request goes to the gateway, which then fails it (billed)."""
+    url = image_host + "/beach.png"
+    state = await run(
+        **params(kandinsky_emulator, tmp_path, credentials, image_url=url, check_image=False)
+    )
+    assert state.is_failed()
+    with pytest.raises(KandinskyGenerationFailedError, match="404"):
+        await state.result()  # type: ignore[misc]
+    assert 1 == kandinsky_emulator.state.count("submit")

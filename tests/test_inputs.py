@@ -1,0 +1,561 @@
+"""The input image check over real HTTP: an image host on 127.0.0.1 and the emulator CDN."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+import pytest
+from PIL import Image
+
+from prefect_kandinsky.assets import sample_image_bytes
+from prefect_kandinsky.exceptions import KandinskyImageError
+from prefect_kandinsky.inputs import CheckedImage, check_image, check_images, redact_url
+
+PNG = sample_image_bytes()
+HTML = b"<!DOCTYPE html>\n<html><body><form>Sign in to continue</form></body></html>\n"
+BIG_PNG = PNG + b"\x00" * 200_000
+SMALL_MAX_BYTES = 50_000
+TINY_TIMEOUT = 0.2
+
+
+def _jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 120, 40)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+JPEG = _jpeg()
+
+# Magic numbers of the other formats, padded: the check reads only the first bytes.
+KINDS: dict[str, bytes] = {
+    "gif": b"GIF89a\x10\x00\x10\x00",
+    "webp": b"RIFF\x24\x00\x00\x00WEBPVP8 ",
+    "bmp": b"BM" + b"\x00" * 12 + (40).to_bytes(4, "little"),
+    "tiff": b"II*\x00\x08\x00\x00\x00",
+    "avif": b"\x00\x00\x00\x20ftypavif\x00\x00\x00\x00avifmif1miafMA1B",
+    "heic": b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic",
+    "mp4": b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41",
+}
+
+
+@dataclass
+class ImageHost:
+    """What the image host saw: the headers of each request, by path."""
+
+    base_url: str
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def seen(self, path: str) -> list[dict[str, str]]:
+        with self.lock:
+            return [headers for seen, headers in self.requests if seen == path]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _ImageHTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        host = self.server.host
+        path = urlsplit(self.path).path
+        with host.lock:
+            host.requests.append((path, {k.lower(): v for k, v in self.headers.items()}))
+        if path.startswith("/kinds/"):
+            self._send(200, "application/octet-stream", KINDS[path.removeprefix("/kinds/")])
+        elif path in ROUTES:
+            ROUTES[path](self)
+        else:
+            self._send(404, "text/html", b"<html><body>Not Found</body></html>")
+
+    def _send(
+        self,
+        code: int,
+        content_type: str | None,
+        body: bytes,
+        *,
+        length: bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(code)
+        if content_type:
+            self.send_header("Content-Type", content_type)
+        if length:
+            self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def stalled_body(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(PNG)))
+        self.end_headers()
+        self.wfile.flush()
+        self.server.host.release.wait(5)
+
+    def trickle(self) -> None:
+        self.wfile.write(b"HTTP/1.0 200 OK\r\n")
+        for _ in range(50):
+            self.wfile.write(b"X-Wait: 1\r\n")
+            self.wfile.flush()
+            if self.server.host.release.wait(0.05):
+                return
+
+
+ROUTES: dict[str, Any] = {
+    "/image.png": lambda h: h._send(200, "image/png", PNG),
+    "/photo.jpg": lambda h: h._send(200, "image/jpeg", JPEG),
+    "/page.html": lambda h: h._send(200, "text/html; charset=utf-8", HTML),
+    "/fake.png": lambda h: h._send(200, "image/png", HTML),
+    "/data.json": lambda h: h._send(200, "application/json", b'{"error": "no such image"}'),
+    "/private.png": lambda h: h._send(
+        403, "application/xml", b"<Error><Code>AccessDenied</Code></Error>"
+    ),
+    "/broken.png": lambda h: h._send(500, "text/plain", b"oops"),
+    "/moved.png": lambda h: h._send(
+        302, None, b"", headers={"Location": "/image.png", "Set-Cookie": "session=s3cr3t; Path=/"}
+    ),
+    "/loop.png": lambda h: h._send(302, None, b"", headers={"Location": "/loop.png"}),
+    "/octet.png": lambda h: h._send(200, "binary/octet-stream", PNG),
+    "/empty.png": lambda h: h._send(200, "image/png", b""),
+    "/vector.svg": lambda h: h._send(
+        200, "image/svg+xml", b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"/>'
+    ),
+    "/big.png": lambda h: h._send(200, "image/png", BIG_PNG),
+    "/big-no-length.png": lambda h: h._send(200, "image/png", BIG_PNG, length=False),
+    "/slow.png": lambda h: h.server.host.release.wait(5),
+    "/stalled.png": lambda h: h.stalled_body(),
+    "/trickle.png": lambda h: h.trickle(),
+}
+
+
+class _ImageHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64
+    host: ImageHost
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that stops reading early is the normal case here
+
+
+@pytest.fixture(scope="module")
+def image_host() -> Iterator[ImageHost]:
+    """An image host on a free port of 127.0.0.1, serving ``ROUTES``."""
+    server = _ImageHTTPServer(("127.0.0.1", 0), _Handler)
+    server.host = ImageHost(base_url=f"http://127.0.0.1:{server.server_address[1]}")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server.host
+    finally:
+        server.host.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+# -- images that pass -----------------------------------------------------------------------
+
+
+async def test_png_passes_with_its_kind_type_and_size(image_host: ImageHost) -> None:
+    """A PNG passes; its kind comes from the bytes, its size from Content-Length."""
+    image = await check_image(image_host.url("/image.png"))
+
+    assert CheckedImage(image_host.url("/image.png"), "image/png", "png", len(PNG)) == image
+    assert None is image.content
+
+
+async def test_read_content_returns_the_whole_image(image_host: ImageHost) -> None:
+    """With read_content the image is fetched once and returned whole."""
+    image = await check_image(image_host.url("/photo.jpg"), read_content=True)
+
+    assert "jpeg" == image.kind
+    assert JPEG == image.content
+    assert len(JPEG) == image.size_bytes
+
+
+async def test_png_bytes_served_as_octet_stream_pass(image_host: ImageHost) -> None:
+    """Real image bytes pass whatever generic content type S3 gave them."""
+    image = await check_image(image_host.url("/octet.png"))
+
+    assert ("png", "binary/octet-stream") == (image.kind, image.content_type)
+
+
+async def test_a_redirect_is_followed_to_the_image(image_host: ImageHost) -> None:
+    """A redirect to the image passes, and the host's cookie is not sent back."""
+    image = await check_image(image_host.url("/moved.png"), read_content=True)
+
+    assert PNG == image.content
+    assert image_host.url("/moved.png") == image.url
+    assert all("cookie" not in headers for headers in image_host.seen("/image.png"))
+
+
+@pytest.mark.parametrize("path", ["/big.png", "/big-no-length.png"])
+async def test_an_image_larger_than_max_bytes_passes_without_content(
+    image_host: ImageHost, path: str
+) -> None:
+    """An image over max_bytes passes; only its content is left out."""
+    image = await check_image(image_host.url(path), read_content=True, max_bytes=SMALL_MAX_BYTES)
+
+    assert "png" == image.kind
+    assert None is image.content
+    expected_size = len(BIG_PNG) if path == "/big.png" else None
+    assert expected_size == image.size_bytes
+
+
+async def test_a_stalled_body_passes_on_its_image_content_type(image_host: ImageHost) -> None:
+    """Headers saying image/png and a body that never comes pass, on the content type."""
+    start = time.monotonic()
+
+    image = await check_image(image_host.url("/stalled.png"), timeout=TINY_TIMEOUT)
+
+    assert ("png", len(PNG), None) == (image.kind, image.size_bytes, image.content)
+    assert time.monotonic() - start < 1.0
+
+
+async def test_every_image_kind_is_recognised_and_a_video_is_not(image_host: ImageHost) -> None:
+    """GIF, WebP, BMP, TIFF, AVIF and HEIC pass by their magic bytes; an MP4 does not."""
+    outcomes = await check_images(image_host.url(f"/kinds/{kind}") for kind in KINDS)
+
+    kinds = {
+        url.rpartition("/")[2]: outcome.kind
+        for url, outcome in outcomes.items()
+        if isinstance(outcome, CheckedImage)
+    }
+    assert {kind: kind for kind in KINDS if kind != "mp4"} == kinds
+    video = outcomes[image_host.url("/kinds/mp4")]
+    assert isinstance(video, KandinskyImageError)
+    assert "with application/octet-stream, not an image (starts with bytes 00 00 00 20" in str(
+        video
+    )
+
+
+async def test_the_emulator_sample_image_passes_without_the_key(kandinsky_emulator: Any) -> None:
+    """The emulator's CDN sample passes, and the CDN never saw the subscription key."""
+    image = await check_image(kandinsky_emulator.sample_image_url, read_content=True)
+
+    assert ("png", PNG) == (image.kind, image.content)
+    cdn = kandinsky_emulator.state.requests(origin="cdn")
+    assert 1 == len(cdn)
+    assert not cdn[0].key_present
+
+
+# -- answers that fail ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "message"),
+    [
+        ("/missing.jpg", 404, r"answered 404 Not Found: check the URL \(nothing was submitted\)$"),
+        (
+            "/private.png",
+            403,
+            r"answered 403 Forbidden: make the image public or pass a presigned URL that has "
+            r"not expired \(nothing was submitted\)$",
+        ),
+        (
+            "/broken.png",
+            500,
+            r"answered 500 Internal Server Error: the image host failed; try again later",
+        ),
+    ],
+    ids=["404", "403", "500"],
+)
+async def test_an_error_status_fails_naming_the_url_and_the_status(
+    image_host: ImageHost, path: str, status: int, message: str
+) -> None:
+    """404, 403 and 5xx fail with the URL, the status and the way out."""
+    url = image_host.url(path)
+
+    with pytest.raises(KandinskyImageError, match=f"^image_url {url} {message}") as caught:
+        await check_image(url)
+
+    assert (url, status) == (caught.value.url, caught.value.status_code)
+
+
+async def test_an_html_page_fails_as_not_an_image(image_host: ImageHost) -> None:
+    """A 200 text/html page (a login page) fails, named as such."""
+    url = image_host.url("/page.html")
+
+    with pytest.raises(
+        KandinskyImageError,
+        match=rf"^image_url {url} answered 200 with text/html, not an image "
+        r"\(a login or error page\?\): check the URL points at the image file itself "
+        r"\(nothing was submitted\)$",
+    ) as caught:
+        await check_image(url)
+
+    assert "text/html; charset=utf-8" == caught.value.content_type
+
+
+async def test_html_labelled_image_png_fails_showing_its_first_bytes(
+    image_host: ImageHost,
+) -> None:
+    """An image/png header on an HTML body fails: the bytes decide, not the header."""
+    url = image_host.url("/fake.png")
+
+    with pytest.raises(
+        KandinskyImageError,
+        match=rf"^image_url {url} answered 200 with image/png but the bytes are not an image "
+        r"\(starts with '<!DOCTYPE html",
+    ):
+        await check_image(url, read_content=True)
+
+
+async def test_other_bodies_that_are_not_images_fail(image_host: ImageHost) -> None:
+    """JSON, an empty image/png and an SVG each fail with what came back."""
+    outcomes = await check_images(
+        image_host.url(path) for path in ("/data.json", "/empty.png", "/vector.svg")
+    )
+
+    assert [
+        f"image_url {image_host.url('/data.json')} answered 200 with application/json, not an "
+        'image (starts with \'{"error": "no such i\'): check the URL points at the image file '
+        "itself (nothing was submitted)",
+        f"image_url {image_host.url('/empty.png')} answered 200 with image/png but an empty "
+        "body, not an image: check the URL points at the image file itself (nothing was "
+        "submitted)",
+        f"image_url {image_host.url('/vector.svg')} answered 200 with image/svg+xml, a vector "
+        "image: pass a raster image (PNG, JPEG or WebP) instead (nothing was submitted)",
+    ] == [str(outcome) for outcome in outcomes.values()]
+
+
+async def test_a_redirect_loop_fails_after_the_limit(image_host: ImageHost) -> None:
+    """A redirect loop fails after a bounded number of hops."""
+    url = image_host.url("/loop.png")
+
+    with pytest.raises(KandinskyImageError, match=rf"^image_url {url} redirected more than 5 "):
+        await check_image(url)
+
+    assert 6 == len(image_host.seen("/loop.png"))
+
+
+async def test_a_refused_connection_fails_as_unreachable(closed_port: int) -> None:
+    """A host that refuses the connection fails with the error and the way out."""
+    url = f"http://127.0.0.1:{closed_port}/beach.jpg"
+
+    with pytest.raises(
+        KandinskyImageError,
+        match=rf"^image_url {url} could not be reached \(ConnectError: .*\): the gateway must be "
+        r"able to fetch it; if only the gateway can reach this host, pass check_image=False",
+    ) as caught:
+        await check_image(url)
+
+    assert None is caught.value.status_code
+
+
+async def test_a_silent_host_fails_within_the_timeout(image_host: ImageHost) -> None:
+    """A host that never answers fails after the small timeout, not the default one."""
+    url = image_host.url("/slow.png")
+    start = time.monotonic()
+
+    with pytest.raises(
+        KandinskyImageError,
+        match=rf"^image_url {url} could not be reached \(ReadTimeout: no answer within 0.2 s\)",
+    ):
+        await check_image(url, timeout=TINY_TIMEOUT)
+
+    assert time.monotonic() - start < 1.0
+
+
+async def test_a_trickling_host_is_cut_at_the_deadline(image_host: ImageHost) -> None:
+    """A host that keeps each read under the timeout is still cut at twice the timeout."""
+    url = image_host.url("/trickle.png")
+    start = time.monotonic()
+
+    with pytest.raises(
+        KandinskyImageError,
+        match=rf"^image_url {url} could not be reached \(TimeoutError: no complete answer "
+        r"within 0.4 s\)",
+    ):
+        await check_image(url, timeout=TINY_TIMEOUT)
+
+    assert time.monotonic() - start < 1.0
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://example.com/beach.jpg", "beach.jpg", "/images/beach.jpg", "https://", ""]
+)
+async def test_a_url_that_is_not_absolute_http_fails_before_any_request(url: str) -> None:
+    """Only absolute http(s) URLs are checked; anything else fails without a request."""
+    with pytest.raises(
+        KandinskyImageError,
+        match=rf"^image_url '{url}' must be an absolute http\(s\) URL, like "
+        r"https://example.com/image.png \(nothing was submitted\)$",
+    ):
+        await check_image(url)
+
+
+# -- credentials and secrets ----------------------------------------------------------------
+
+
+async def test_a_presigned_signature_is_redacted_in_the_message(image_host: ImageHost) -> None:
+    """The signature and credential of a presigned URL never reach the message."""
+    url = image_host.url(
+        "/private.png?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE%2F20250101"
+        "&X-Amz-Expires=3600&X-Amz-Signature=deadbeefcafe"
+    )
+
+    with pytest.raises(KandinskyImageError, match="answered 403 Forbidden") as caught:
+        await check_image(url)
+
+    assert (
+        f"image_url {image_host.url('/private.png')}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Credential=REDACTED&X-Amz-Expires=3600&X-Amz-Signature=REDACTED answered 403"
+    ) in str(caught.value)
+    assert "deadbeefcafe" not in str(caught.value)
+    assert "AKIAEXAMPLE" not in repr(caught.value) + caught.value.url
+
+
+def test_redact_url_hides_signatures_and_user_info_and_keeps_the_rest() -> None:
+    """Known signature parameters (any case) and user info are hidden; the rest is as given."""
+    assert (
+        "https://REDACTED@cdn.example.com/a%20b.png?sig=REDACTED&sv=2024&TOKEN=REDACTED#top"
+        == redact_url("https://me:pw@cdn.example.com/a%20b.png?sig=abc%3D&sv=2024&TOKEN=t#top")
+    )
+    assert "https://example.com/beach.jpg?w=200" == redact_url(
+        "https://example.com/beach.jpg?w=200"
+    )
+    image = CheckedImage("https://b.example.com/a.png?sig=s3cr3t", "image/png", "png", 3, b"abc")
+    assert (
+        "CheckedImage(url='https://b.example.com/a.png?sig=REDACTED', content_type='image/png', "
+        "kind='png', size_bytes=3, content=<3 bytes>)" == repr(image)
+    )
+
+
+async def test_a_passed_client_is_used_and_left_unchanged(image_host: ImageHost) -> None:
+    """A caller's client serves the check; its own headers stay as they were."""
+    async with httpx.AsyncClient(headers={"X-Team": "video"}) as http:
+        before = dict(http.headers)
+
+        image = await check_image(image_host.url("/photo.jpg"), client=http)
+
+        assert before == dict(http.headers)
+    assert "jpeg" == image.kind
+    last = image_host.seen("/photo.jpg")[-1]
+    assert ("video", "image/*") == (last["x-team"], last["accept"])
+    assert last["user-agent"].startswith("prefect-kandinsky/")
+
+
+async def test_no_credentials_or_cookies_reach_the_image_host(image_host: ImageHost) -> None:
+    """The host sees the package's User-Agent and Accept: image/*, and no key, auth or cookie."""
+    await check_image(image_host.url("/moved.png"))
+    await check_image(image_host.url("/moved.png"))
+
+    seen = image_host.seen("/moved.png")[-2:] + image_host.seen("/image.png")[-2:]
+    assert 4 == len(seen)
+    for headers in seen:
+        assert headers["user-agent"].startswith("prefect-kandinsky/")
+        assert "image/*" == headers["accept"]
+        assert not {"ocp-apim-subscription-key", "authorization", "cookie"} & set(headers)
+
+
+@pytest.mark.parametrize(
+    "client",
+    [
+        pytest.param({"headers": {"Ocp-Apim-Subscription-Key": "sk-1"}}, id="key"),
+        pytest.param({"headers": {"Authorization": "Bearer sk-1"}}, id="authorization"),
+        pytest.param({"auth": ("user", "pw")}, id="auth"),
+    ],
+)
+async def test_a_client_carrying_credentials_is_refused_before_any_request(
+    image_host: ImageHost, client: dict[str, Any]
+) -> None:
+    """A client with the subscription key (or any credential) is refused; nothing is sent."""
+    before = len(image_host.requests)
+
+    async with httpx.AsyncClient(**client) as http:
+        with pytest.raises(ValueError, match="sends no credentials"):
+            await check_image(image_host.url("/image.png"), client=http)
+        with pytest.raises(ValueError, match="sends no credentials"):
+            await check_images([image_host.url("/image.png")], client=http)
+
+    assert before == len(image_host.requests)
+
+
+# -- many URLs ------------------------------------------------------------------------------
+
+
+async def test_check_images_returns_one_outcome_per_distinct_url(
+    image_host: ImageHost, closed_port: int
+) -> None:
+    """A mixed batch gives every distinct URL its outcome, bad ones included, in order."""
+    png, page, missing = (image_host.url(p) for p in ("/image.png", "/page.html", "/gone.png"))
+    presigned = image_host.url("/private.png?Signature=s3cr3t&Expires=1700000000")
+    unreachable = f"http://127.0.0.1:{closed_port}/x.png"
+    before = len(image_host.seen("/image.png"))
+
+    outcomes = await check_images(
+        [png, page, png, missing, "not a url", presigned, unreachable, png], concurrency=3
+    )
+
+    assert [png, page, missing, "not a url", presigned, unreachable] == list(outcomes)
+    assert before + 1 == len(image_host.seen("/image.png"))
+    assert isinstance(outcomes[png], CheckedImage)
+    statuses = {
+        url: (outcome.status_code if isinstance(outcome, KandinskyImageError) else "ok")
+        for url, outcome in outcomes.items()
+    }
+    assert {
+        png: "ok",
+        page: 200,
+        missing: 404,
+        "not a url": None,
+        presigned: 403,
+        unreachable: None,
+    } == statuses
+    assert "Signature=REDACTED&Expires=1700000000 answered 403" in str(outcomes[presigned])
+    assert "s3cr3t" not in str(outcomes[presigned])
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+async def test_check_images_keeps_open_sockets_within_the_concurrency(
+    image_host: ImageHost,
+) -> None:
+    """Hundreds of URLs hold no more sockets than the concurrency allows (both ends here)."""
+    urls = [image_host.url(f"/image.png?row={row}") for row in range(150)]
+    baseline = len(os.listdir("/proc/self/fd"))
+    peak = baseline
+    done = anyio.Event()
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, len(os.listdir("/proc/self/fd")))
+            await anyio.sleep(0.001)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(sample)
+        outcomes = await check_images(urls, concurrency=4)
+        done.set()
+
+    assert 150 == sum(isinstance(outcome, CheckedImage) for outcome in outcomes.values())
+    # Each connection is two descriptors in this process (client and server thread).
+    assert peak - baseline <= 2 * 4 + 8
