@@ -349,7 +349,8 @@ async def persist_media(
     where = destination_key(destination)
     try:
         async with client.open_media(url, request_id=request_id, chunk_size=chunk_size) as media:
-            media_type = video.media_type or _served_media_type(media, request_id)
+            served_type = _served_media_type(media, request_id)
+            media_type = video.media_type or served_type
             name = filename or output_filename(request_id, media_type, url)
             target = None if plan is None else await _run(plan.target, name)
             staging = target.parent if target is not None else Path(tempfile.gettempdir())
@@ -659,22 +660,15 @@ async def _store_block(
             resolve = getattr(block, "_resolve_path", None)
             return True, f"block:{slug}:{resolve(name) if callable(resolve) else name}"
     data = await _run(source.read_bytes)
-    written = await _call_block(block, "write_path", name, data)
+    written = await call_block(block, "write_path", name, data)
     return False, f"block:{slug}:{written if written is not None else name}"
 
 
 async def _read_existing(block: WritableFileSystem, name: str, request_id: str) -> bytes | None:
     try:
-        content = await _call_block(block, "read_path", name)
+        content = await call_block(block, "read_path", name)
     except Exception as exc:
-        # Blocks signal a missing file in their own ways: FileNotFoundError, a NotFound or
-        # NoSuchKey error of their SDK, or LocalFileSystem's ValueError "does not exist".
-        missing = (
-            isinstance(exc, FileNotFoundError)
-            or any(word in type(exc).__name__ for word in ("NotFound", "NoSuchKey"))
-            or "does not exist" in str(exc)
-        )
-        if missing:
+        if is_missing_file(exc):
             return None
         slug = type(block).get_block_type_slug()
         raise KandinskyMediaError(
@@ -685,7 +679,20 @@ async def _read_existing(block: WritableFileSystem, name: str, request_id: str) 
     return bytes(content) if content is not None else None
 
 
-async def _call_block(block: WritableFileSystem, method: str, *args: Any) -> Any:
+def is_missing_file(exc: BaseException) -> bool:
+    """Whether a block's read failed because the file does not exist.
+
+    Blocks signal it in their own ways: FileNotFoundError, a NotFound or NoSuchKey error of
+    their SDK, or LocalFileSystem's ValueError "does not exist".
+    """
+    return (
+        isinstance(exc, FileNotFoundError)
+        or any(word in type(exc).__name__ for word in ("NotFound", "NoSuchKey"))
+        or "does not exist" in str(exc)
+    )
+
+
+async def call_block(block: WritableFileSystem, method: str, *args: Any) -> Any:
     """Call ``a<method>`` if the block has it, else ``<method>`` awaiting what needs it.
 
     Prefect 3 blocks dispatch ``write_path`` on the calling context (``async_dispatch``);

@@ -6,6 +6,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +188,21 @@ async def test_a_bad_image_url_is_refused_before_paying(kandinsky_emulator: Any)
     assert 0 == kandinsky_emulator.state.count("submit")
 
 
+def step_after_each_read(state: Any) -> None:
+    """Move the first job one status further each time the client has read it (a thread)."""
+    deadline = time.monotonic() + 60
+    while not state.jobs():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    request_id = state.jobs()[0].request_id
+    for target in ("PROCESSING", "COMPLETED"):
+        reads = state.count("status", request_id=request_id)
+        while state.count("status", request_id=request_id) == reads:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        state.advance(request_id, target)
+
+
 @pytest.mark.usefixtures("prefect_api")
 async def test_generate_shows_progress_and_where_the_video_is(
     kandinsky_emulator: Any, tmp_path: Path
@@ -198,7 +215,9 @@ async def test_generate_shows_progress_and_where_the_video_is(
     await KandinskyCredentials(
         api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url
     ).save("cli-emulator", overwrite=True)
-    kandinsky_emulator.configure(queue_seconds=0.3, processing_seconds=0.6)
+    kandinsky_emulator.configure(manual=True)
+    stepper = threading.Thread(target=step_after_each_read, args=(kandinsky_emulator.state,))
+    stepper.start()
     result = run_cli(
         "generate",
         "--prompt",
@@ -217,6 +236,7 @@ async def test_generate_shows_progress_and_where_the_video_is(
         str(tmp_path),
         api_url=PREFECT_API_URL.value(),
     )
+    stepper.join(timeout=10)
     assert 0 == result.returncode, result.stderr
     statuses = [line.split()[0] for line in result.stderr.splitlines() if line.strip()]
     assert ["QUEUED", "PROCESSING", "COMPLETED"] == statuses
