@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -27,6 +28,7 @@ from prefect_kandinsky.emulator import (
     emulator_sync_transport,
     probe_video,
 )
+from prefect_kandinsky.emulator.__main__ import add_arguments, config_from_args
 from prefect_kandinsky.models import DEFAULT_MODEL_ID, JobStatus, status_path, submit_path
 
 KEY_HEADER = "Ocp-Apim-Subscription-Key"
@@ -92,6 +94,29 @@ def _until(condition: Any, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
+
+
+class _Call:
+    """Runs ``call`` in a thread, keeping what it raised and how long it took."""
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+
+        def run() -> None:
+            start = time.monotonic()
+            try:
+                call()
+            except BaseException as exc:
+                self.error = exc
+            self.seconds = time.monotonic() - start
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def join(self, timeout: float = 5.0) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"the call still runs after {timeout}s"
 
 
 class _Receiver:
@@ -423,6 +448,209 @@ def test_unknown_media_is_404(emulator: EmulatorServer, cdn: httpx.Client) -> No
     assert 404 == cdn.get(f"{emulator.cdn_url}/v1/{DEFAULT_MODEL_ID}_nope/output.mp4").status_code
 
 
+# -- stalls, submit latency, submits in flight ----------------------------------------------
+
+
+def test_stalled_submit_after_queuing_leaves_a_paid_job_and_a_broken_connection(
+    emulator: EmulatorServer, gateway: httpx.Client
+) -> None:
+    """The client killed mid-submit: the job is queued and charged, the request is in the log
+    with no status while held, and the client sees a broken connection after stall_seconds."""
+    emulator.configure(manual=True)
+    emulator.state.inject_fault("submit", action="stall", after_queue=True, stall_seconds=0.3)
+
+    call = _Call(
+        lambda: gateway.post(SUBMIT, json=_body(emulator, resolution="512P", duration="5s"))
+    )
+    _until(lambda: 1 == emulator.state.count("submit"), timeout=2)
+    (held,) = emulator.state.requests("submit")
+    (job,) = emulator.state.jobs()
+    assert call.thread.is_alive()
+    call.join()
+
+    assert (None, "stall", job.request_id) == (held.status_code, held.fault, held.request_id)
+    assert (JobStatus.QUEUED, Decimal("0.20")) == (job.status, job.charged_usd)
+    assert isinstance(call.error, httpx.RemoteProtocolError)
+    assert call.seconds >= 0.3
+    assert [held] == emulator.state.requests("submit")
+
+
+def test_stalled_submit_before_queuing_is_in_flight_while_held_and_queues_nothing(
+    emulator: EmulatorServer, gateway: httpx.Client
+) -> None:
+    """Without after_queue a stalled submit creates no job, and counts as in flight until the
+    connection drops."""
+    emulator.state.inject_fault("submit", action="stall", stall_seconds=0.3)
+
+    call = _Call(lambda: gateway.post(SUBMIT, json=_body(emulator)))
+    _until(lambda: 1 == emulator.state.count("submit"), timeout=2)
+    assert 1 == emulator.state.submits_in_flight
+    call.join()
+
+    assert isinstance(call.error, httpx.RemoteProtocolError)
+    assert [] == emulator.state.jobs()
+    assert (0, 1) == (emulator.state.submits_in_flight, emulator.state.max_submits_in_flight)
+
+
+def test_stalled_media_sends_part_of_the_body_then_breaks_the_connection(
+    emulator: EmulatorServer, gateway: httpx.Client, cdn: httpx.Client
+) -> None:
+    """The download killed midway: truncate_bytes arrive at once under the full Content-Length,
+    then the answer is held and the connection drops."""
+    url = _wait(gateway, _submit(gateway, emulator))["output"]["media_url"][0]
+    size = len(cdn.get(url).content)
+    emulator.state.inject_fault("media", action="stall", truncate_bytes=1000, stall_seconds=0.4)
+
+    received = bytearray()
+    part_seconds = None
+    start = time.monotonic()
+    with pytest.raises(httpx.RemoteProtocolError), cdn.stream("GET", url) as response:
+        assert str(size) == response.headers["content-length"]
+        for chunk in response.iter_bytes():
+            received += chunk
+            part_seconds = time.monotonic() - start
+    total_seconds = time.monotonic() - start
+
+    assert 1000 == len(received)
+    assert part_seconds is not None
+    assert part_seconds < 0.4 <= total_seconds
+    held = emulator.state.requests("media")[-1]
+    assert (200, "stall") == (held.status_code, held.fault)
+
+
+def test_reset_releases_a_stall_at_once(emulator: EmulatorServer, gateway: httpx.Client) -> None:
+    """A 30 s stall ends as soon as the state is reset: the client sees the broken connection."""
+    emulator.state.inject_fault("status", action="stall")
+    call = _Call(lambda: gateway.get(status_path(f"{DEFAULT_MODEL_ID}_held")))
+    _until(lambda: 1 == emulator.state.count("status"), timeout=2)
+
+    start = time.monotonic()
+    emulator.reset()
+    call.join()
+
+    assert time.monotonic() - start < 1.0
+    assert isinstance(call.error, httpx.RemoteProtocolError)
+
+
+def test_stopping_the_server_releases_a_stall() -> None:
+    """Stopping a server does not wait out a held answer."""
+    server = EmulatorServer(config=EmulatorConfig.fast()).start()
+    try:
+        server.state.inject_fault("status", action="stall")
+        call = _Call(
+            lambda: httpx.get(
+                f"{server.base_url}{status_path(f'{DEFAULT_MODEL_ID}_held')}",
+                headers={KEY_HEADER: server.api_key},
+            )
+        )
+        _until(lambda: 1 == server.state.count("status"), timeout=2)
+        start = time.monotonic()
+    finally:
+        server.stop()
+    call.join()
+
+    assert time.monotonic() - start < 1.5
+    assert isinstance(call.error, httpx.RemoteProtocolError)
+
+
+async def test_submit_latency_lets_concurrent_submits_overlap(emulator: EmulatorServer) -> None:
+    """With submit_latency_seconds=0.3, five concurrent submits are all in flight at once, and
+    none is once they are answered."""
+    emulator.configure(submit_latency_seconds=0.3)
+    async with httpx.AsyncClient(
+        base_url=emulator.base_url, headers={KEY_HEADER: emulator.api_key}, timeout=10
+    ) as client:
+        start = time.monotonic()
+        responses = await asyncio.gather(
+            *(client.post(SUBMIT, json=_body(emulator)) for _ in range(5))
+        )
+        elapsed = time.monotonic() - start
+
+    assert [202] * 5 == [response.status_code for response in responses]
+    assert (0, 5) == (emulator.state.submits_in_flight, emulator.state.max_submits_in_flight)
+    assert 0.3 <= elapsed < 1.2
+
+
+def test_sequential_submits_are_one_in_flight_at_a_time(
+    emulator: EmulatorServer, gateway: httpx.Client
+) -> None:
+    """Submits sent one after another never overlap: the stats route reports a maximum of 1."""
+    gateway.put("/_emulator/config", json={"submit_latency_seconds": 0.05})
+    for _ in range(3):
+        _submit(gateway, emulator)
+
+    stats = gateway.get("/_emulator/stats")
+
+    assert (200, {"submits_in_flight": 0, "max_submits_in_flight": 1}) == (
+        stats.status_code,
+        stats.json(),
+    )
+
+
+def test_admin_routes_round_trip_stalls_latency_and_stats(emulator: EmulatorServer) -> None:
+    """Out of process, a stall fault, the submit latency and the stats travel as JSON."""
+    stall = {"route": "submit", "action": "stall", "after_queue": True, "stall_seconds": 0.5}
+    with httpx.Client(base_url=emulator.base_url, timeout=10) as admin:
+        faults = admin.post("/_emulator/faults", json=stall).json()["faults"]
+        config = admin.put("/_emulator/config", json={"submit_latency_seconds": 0.25}).json()
+        stats = admin.get("/_emulator/stats").json()
+        routes = admin.get("/_emulator/health").json()["routes"]
+
+    assert [stall] == [{key: fault[key] for key in stall} for fault in faults]
+    assert 0.5 == emulator.state.faults[0].stall_seconds
+    assert 0.25 == config["submit_latency_seconds"] == emulator.state.config.submit_latency_seconds
+    assert {"submits_in_flight": 0, "max_submits_in_flight": 0} == stats
+    assert "GET    /_emulator/stats" in routes
+
+
+async def test_in_process_transport_holds_a_stall_then_drops_it(
+    kandinsky_emulator_transport: EmulatorTransport,
+) -> None:
+    """In process, a stalled submit after queuing holds, then raises the error a dropped
+    connection gives, and leaves its job behind."""
+    transport = kandinsky_emulator_transport
+    transport.state.inject_fault("submit", action="stall", after_queue=True, stall_seconds=0.2)
+    async with httpx.AsyncClient(transport=transport, base_url=transport.base_url) as client:
+        start = time.monotonic()
+        with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+            await client.post(
+                SUBMIT,
+                json={
+                    "prompt": "p",
+                    "image_url": transport.sample_image_url,
+                    "resolution": "256P",
+                    "duration": "1s",
+                },
+                headers={KEY_HEADER: transport.api_key},
+            )
+        elapsed = time.monotonic() - start
+
+    assert elapsed >= 0.2
+    (job,) = transport.state.jobs()
+    (record,) = transport.state.requests("submit")
+    assert (None, "stall", job.request_id) == (record.status_code, record.fault, record.request_id)
+    assert 0 == transport.state.submits_in_flight
+
+
+def test_closing_the_sync_transport_releases_a_stall() -> None:
+    """Closing the sync transport ends a held answer instead of waiting it out."""
+    transport = emulator_sync_transport(config=EmulatorConfig.fast())
+    transport.state.inject_fault("status", action="stall")
+    client = httpx.Client(
+        transport=transport, base_url=transport.base_url, headers={KEY_HEADER: transport.api_key}
+    )
+    call = _Call(lambda: client.get(status_path(f"{DEFAULT_MODEL_ID}_held")))
+    _until(lambda: 1 == transport.state.count("status"), timeout=2)
+
+    start = time.monotonic()
+    transport.close()
+    call.join()
+
+    assert time.monotonic() - start < 1.0
+    assert isinstance(call.error, httpx.RemoteProtocolError)
+    client.close()
+
+
 # -- origins and the key ---------------------------------------------------------------------
 
 
@@ -641,12 +869,20 @@ def test_admin_routes_reject_bad_input_with_400(emulator: EmulatorServer) -> Non
         setting = admin.put("/_emulator/config", json={"queue_seconds": "soon"})
         unknown = admin.put("/_emulator/config", json={"colour": "red"})
         outcome = admin.post("/_emulator/outcomes", json={"status": "PROCESSING"})
+        stall = admin.post(
+            "/_emulator/faults", json={"route": "status", "action": "stall", "stall_seconds": 0}
+        )
+        latency = admin.put("/_emulator/config", json={"submit_latency_seconds": -1})
+        latency_text = admin.put("/_emulator/config", json={"submit_latency_seconds": "slow"})
 
     for response, words in (
         (fault, "fault route"),
         (setting, "queue_seconds"),
         (unknown, "colour"),
         (outcome, "COMPLETED, FAILED or ERROR"),
+        (stall, "fault stall_seconds must be a number of seconds above zero"),
+        (latency, "submit_latency_seconds must be zero or more"),
+        (latency_text, "submit_latency_seconds must be a number of seconds"),
     ):
         assert 400 == response.status_code, response.text
         assert words in response.json()["message"]
@@ -711,6 +947,17 @@ def test_in_process_sync_transport_serves_the_gateway() -> None:
 
 
 # -- the CLI ---------------------------------------------------------------------------------
+
+
+def test_cli_sets_the_submit_latency() -> None:
+    """``--submit-latency-seconds`` reaches the configuration; it is 0 by default."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    slow = config_from_args(parser.parse_args(["--submit-latency-seconds", "0.25"]))
+    default = config_from_args(parser.parse_args([]))
+
+    assert (0.25, 0.0) == (slow.submit_latency_seconds, default.submit_latency_seconds)
 
 
 def test_cli_serves_until_interrupted() -> None:

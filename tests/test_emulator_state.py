@@ -10,6 +10,7 @@ import pytest
 
 from prefect_kandinsky.emulator.state import (
     DEFAULT_BALANCE_USD,
+    DEFAULT_STALL_SECONDS,
     EMULATOR_API_KEY,
     BadRequest,
     EmulatorConfig,
@@ -396,12 +397,103 @@ def test_truncate_fault_waits_for_a_body_to_cut() -> None:
         ({"route": "status", "action": "truncate"}, "truncate faults apply to media only"),
         ({"route": "media", "after_queue": True}, "after_queue applies to submit only"),
         ({"route": "status", "colour": "red"}, "unknown fault field"),
+        ({"route": "status", "action": "stall", "stall_seconds": 0}, "fault stall_seconds must"),
+        ({"route": "status", "action": "stall", "stall_seconds": -1}, "fault stall_seconds must"),
+        ({"route": "submit", "stall_seconds": "soon"}, "fault stall_seconds must"),
+        ({"route": "media", "stall_seconds": True}, "fault stall_seconds must"),
+        ({"route": "status", "action": "hang"}, "fault action must be one of .*stall"),
     ],
 )
 def test_invalid_fault_specs_say_what_is_wrong(spec: dict[str, Any], message: str) -> None:
     """Fault specs are validated with a message naming the problem."""
     with pytest.raises(ValueError, match=message):
         Fault.from_json(spec)
+
+
+def test_stall_fault_round_trips_through_json_with_its_seconds() -> None:
+    """A stall fault keeps stall_seconds (30 s unless given) through to_json and from_json."""
+    spec = {"route": "submit", "action": "stall", "after_queue": True, "stall_seconds": 0.3}
+
+    fault = Fault.from_json(spec)
+
+    assert ("stall", 0.3, True) == (fault.label, fault.stall_seconds, fault.after_queue)
+    assert fault == Fault.from_json(fault.to_json())
+    assert {**spec, "times": 1, "truncate_bytes": None} == {
+        key: fault.to_json()[key] for key in (*spec, "times", "truncate_bytes")
+    }
+    assert 30.0 == Fault(route="status", action="stall").stall_seconds
+
+
+def test_media_stall_waits_for_a_body_to_cut_but_other_stalls_do_not() -> None:
+    """A media stall, like a truncate, is kept for a request without a body; a status stall is
+    used by the next status request."""
+    state = EmulatorState()
+    state.inject_fault("media", action="stall", truncate_bytes=10, stall_seconds=0.5)
+    state.inject_fault("status", action="stall")
+
+    assert None is state.take_fault("media", allow_truncate=False)
+    status = state.take_fault("status", allow_truncate=False)
+    media = state.take_fault("media", allow_truncate=True)
+
+    assert status is not None
+    assert media is not None
+    assert ("stall", DEFAULT_STALL_SECONDS) == (status.label, status.stall_seconds)
+    assert ("stall", 10, 0.5) == (media.label, media.truncate_bytes, media.stall_seconds)
+    assert [] == state.faults
+
+
+def test_release_stalls_and_reset_move_the_stall_epoch() -> None:
+    """release_stalls() and reset() each move the epoch a held answer watches."""
+    state = EmulatorState()
+    start = state.stall_epoch
+
+    state.release_stalls()
+    released = state.stall_epoch
+    state.reset()
+
+    assert (start + 1, start + 2) == (released, state.stall_epoch)
+
+
+def test_submits_in_flight_are_counted_with_their_maximum() -> None:
+    """begin_submit/end_submit count submits in flight and keep the highest count seen."""
+    state = EmulatorState()
+    tokens = [state.begin_submit() for _ in range(3)]
+    state.end_submit(tokens.pop())
+    state.end_submit(tokens.pop())
+    tokens.append(state.begin_submit())
+
+    assert (2, 3) == (state.submits_in_flight, state.max_submits_in_flight)
+    for token in tokens:
+        state.end_submit(token)
+    assert {"submits_in_flight": 0, "max_submits_in_flight": 3} == state.stats_json()
+
+
+def test_reset_zeroes_the_submit_counters_and_ignores_older_submits() -> None:
+    """After reset() both counters are zero; a submit that began before it is not counted."""
+    state = EmulatorState()
+    before = state.begin_submit()
+    state.begin_submit()
+
+    state.reset()
+    after = state.begin_submit()
+    state.end_submit(before)
+
+    assert (1, 1) == (state.submits_in_flight, state.max_submits_in_flight)
+    state.end_submit(after)
+    assert (0, 1) == (state.submits_in_flight, state.max_submits_in_flight)
+
+
+def test_submit_latency_is_a_setting_in_seconds() -> None:
+    """submit_latency_seconds defaults to 0, is set from JSON numbers, and refuses bad values."""
+    state = EmulatorState()
+
+    assert 0.0 == state.config.submit_latency_seconds
+    assert 0.25 == state.apply_config_json({"submit_latency_seconds": 0.25}).submit_latency_seconds
+    assert 0.25 == state.config.to_json()["submit_latency_seconds"]
+    with pytest.raises(BadRequest, match="submit_latency_seconds must be a number of seconds"):
+        state.apply_config_json({"submit_latency_seconds": "slow"})
+    with pytest.raises(ValueError, match="submit_latency_seconds must be zero or more"):
+        EmulatorConfig(submit_latency_seconds=-0.1)
 
 
 def test_request_log_counts_by_kind_and_records_the_key_header() -> None:

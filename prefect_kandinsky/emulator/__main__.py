@@ -114,6 +114,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="media links expire (403) this long after completion (default: never)",
     )
+    parser.add_argument(
+        "--submit-latency-seconds",
+        type=_seconds,
+        default=defaults.submit_latency_seconds,
+        help="time the gateway takes to answer a submit, after queueing it (default: %(default)s)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
@@ -128,6 +134,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         sync_interval_seconds=args.sync_interval_seconds,
         media_ttl_seconds=args.media_ttl_seconds,
         allow_http_webhooks=args.allow_http_webhooks,
+        submit_latency_seconds=args.submit_latency_seconds,
     )
 
 

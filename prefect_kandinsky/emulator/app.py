@@ -17,22 +17,27 @@ never looks at the subscription key::
     GET|HEAD /samples/sample.png             the bundled sample image
     GET|HEAD /uploads/{name}                 images posted to /_emulator/uploads
 
-Both apps log every request into the state. An endpoint raises :class:`DropConnection` to
-close the connection without (finishing) a response; the uvicorn runner closes the socket, the
-in-process transport raises ``httpx.RemoteProtocolError``, as a client would see either way.
+Both apps log every request into the state, and the gateway counts the submits in flight
+(``GET /_emulator/stats``). An endpoint raises :class:`DropConnection` to close the connection
+without (finishing) a response; the uvicorn runner closes the socket, the in-process transport
+raises ``httpx.RemoteProtocolError``, as a client would see either way. A ``stall`` fault holds
+the answer first (polling the state every ``STALL_POLL_SECONDS`` for a release), then drops it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, Literal, cast
 
+import anyio
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -77,6 +82,7 @@ ADMIN_ROUTES: tuple[str, ...] = (
     "PUT    /_emulator/wallet",
     "GET    /_emulator/webhooks",
     "POST   /_emulator/uploads",
+    "GET    /_emulator/stats",
 )
 """The out-of-process control routes of the gateway app (no key needed)."""
 
@@ -85,8 +91,13 @@ _STATUS_RE = re.compile(r"^/v2/requests/status/(?P<id>[^/]+)$")
 _MEDIA_RE = re.compile(r"^/v1/(?P<id>[^/]+)/output\.mp4$")
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
+STALL_POLL_SECONDS = 0.01
+"""How often a held (stalled) answer checks whether the state released it."""
+
 _FAULT_KEY = "emulator.fault"
 _REQUEST_ID_KEY = "emulator.request_id"
+_LOG_KEY = "emulator.log"
+_STALL_EPOCH_KEY = "emulator.stall_epoch"
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -119,6 +130,7 @@ def create_gateway_app(state: EmulatorState) -> ASGIApp:
             Route("/_emulator/wallet", _admin(admin.wallet), methods=["GET", "PUT"]),
             Route("/_emulator/webhooks", _admin(admin.webhooks), methods=["GET"]),
             Route("/_emulator/uploads", _admin(admin.upload), methods=["POST"]),
+            Route("/_emulator/stats", _admin(admin.stats), methods=["GET"]),
             Route("/{model_id}/v1/{endpoint}", _guarded(gateway.submit), methods=["POST"]),
         ],
         default=_not_found,
@@ -168,7 +180,8 @@ def _classify_cdn(method: str, path: str) -> tuple[RequestKind, str | None]:
 
 
 class _Recorded:
-    """Logs each request into the state and turns :class:`DropConnection` into a closed socket."""
+    """Logs each request into the state, counts submits in flight, and turns
+    :class:`DropConnection` into a closed socket."""
 
     def __init__(
         self,
@@ -192,10 +205,12 @@ class _Recorded:
         path: str = scope["path"]
         kind, request_id = self.classify(method, path)
         scope[_REQUEST_ID_KEY] = request_id
+        scope[_STALL_EPOCH_KEY] = self.state.stall_epoch
         logged = False
 
         def log(status_code: int | None) -> None:
-            # Logged as the answer starts, so a client holding a response finds it in the log.
+            # Logged as the answer starts (a stall logs before its hold), so a client holding a
+            # response, or waiting for one, finds it in the log.
             nonlocal logged
             if logged:
                 return
@@ -216,11 +231,24 @@ class _Recorded:
                 range_header=ranges[0] if ranges else None,
             )
 
+        submit_token = self.state.begin_submit() if kind == "submit" else None
+
+        def end_submit() -> None:
+            # Before the last byte or the close goes out: a client that has its whole answer
+            # (or its broken connection) finds the submit no longer in flight.
+            nonlocal submit_token
+            if submit_token is not None:
+                self.state.end_submit(submit_token)
+                submit_token = None
+
         async def capture(message: Message) -> None:
             if message["type"] == "http.response.start":
                 log(int(message["status"]))
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                end_submit()
             await send(message)
 
+        scope[_LOG_KEY] = log
         scope.setdefault("app", self)  # makes Starlette raise HTTPException(405), answered below
         try:
             await self.app(scope, receive, capture)
@@ -236,12 +264,14 @@ class _Recorded:
             await response(scope, receive, capture)
         except DropConnection:
             log(None)
+            end_submit()
             close = _connection_closer(send)
             if close is None:
                 raise
             await close(receive)
         finally:
             log(None)
+            end_submit()
 
 
 def _connection_closer(send: Send) -> Callable[[Receive], Awaitable[None]] | None:
@@ -305,14 +335,34 @@ def _guarded(endpoint: Endpoint) -> Endpoint:
     return run
 
 
-def _fault_response(request: Request, fault: Fault) -> Response:
-    """Answer as ``fault`` says (or drop the connection)."""
+async def _fault_response(request: Request, fault: Fault, state: EmulatorState) -> Response:
+    """Answer as ``fault`` says (or drop the connection, at once or after a stall)."""
     request.scope[_FAULT_KEY] = fault.label
+    if fault.action in ("drop", "stall"):
+        # Read the request to its end first: closing a socket with request bytes unread (or
+        # still arriving) resets the connection (httpx.ReadError) instead of closing it.
+        await request.body()
+    if fault.action == "stall":
+        request.scope[_LOG_KEY](None)  # in the log while held, for tests that watch it
+        await _hold(request.scope, state, fault.stall_seconds)
+        raise DropConnection
     if fault.action == "drop":
         raise DropConnection
     return JSONResponse(
         fault.response_body(), status_code=fault.status_code, headers=fault.response_headers()
     )
+
+
+async def _hold(scope: Scope, state: EmulatorState, seconds: float) -> None:
+    """Wait ``seconds``, or until the state releases its stalls (``reset()``, server stop)
+    after the request arrived."""
+    epoch = scope.get(_STALL_EPOCH_KEY, state.stall_epoch)
+    deadline = time.monotonic() + seconds
+    while state.stall_epoch == epoch:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        await anyio.sleep(min(remaining, STALL_POLL_SECONDS))
 
 
 async def _json_object(request: Request, *, required: bool = False) -> dict[str, Any]:
@@ -343,7 +393,7 @@ class _Gateway:
         self.state.check_key(request.headers.get(API_KEY_HEADER))
         fault = self.state.take_fault("submit")
         if fault is not None and not fault.after_queue:
-            return _fault_response(request, fault)
+            return await _fault_response(request, fault, self.state)
         model_id = request.path_params["model_id"]
         if model_id in self.state.config.model_ids and request.url.path != submit_path(model_id):
             raise NotFound(
@@ -362,7 +412,10 @@ class _Gateway:
         )
         request.scope[_REQUEST_ID_KEY] = job.request_id
         if fault is not None:
-            return _fault_response(request, fault)
+            return await _fault_response(request, fault, self.state)
+        latency = self.state.config.submit_latency_seconds
+        if latency > 0:
+            await anyio.sleep(latency)
         base = str(request.base_url).rstrip("/")
         return JSONResponse(
             {
@@ -377,7 +430,7 @@ class _Gateway:
         self.state.check_key(request.headers.get(API_KEY_HEADER))
         fault = self.state.take_fault("status")
         if fault is not None:
-            return _fault_response(request, fault)
+            return await _fault_response(request, fault, self.state)
         return JSONResponse(self.state.status(request.path_params["request_id"]))
 
 
@@ -401,15 +454,18 @@ class _CDN:
         fault = self.state.take_fault(
             "media", allow_truncate=content is not None and request.method == "GET"
         )
-        if fault is not None and fault.action != "truncate":
-            return _fault_response(request, fault)
+        if fault is not None and fault.action not in ("truncate", "stall"):
+            return await _fault_response(request, fault, self.state)
         if problem is not None or content is None:
             return _error(problem or NotFound(f"No media for request '{request_id}'"))
         truncate: int | None = None
-        if fault is not None:
+        hold: Callable[[], Awaitable[None]] | None = None
+        if fault is not None:  # truncate or stall: both cut the body, a stall holds it first
             request.scope[_FAULT_KEY] = fault.label
             truncate = fault.truncate_bytes if fault.truncate_bytes is not None else -1
-        return _serve_bytes(request, content, MEDIA_TYPE, truncate=truncate)
+            if fault.action == "stall":
+                hold = functools.partial(_hold, request.scope, self.state, fault.stall_seconds)
+        return _serve_bytes(request, content, MEDIA_TYPE, truncate=truncate, hold=hold)
 
     async def asset(self, request: Request) -> Response:
         asset = self.state.asset(request.url.path)
@@ -441,10 +497,15 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | Literal["in
 
 
 def _serve_bytes(
-    request: Request, content: bytes, content_type: str, *, truncate: int | None = None
+    request: Request,
+    content: bytes,
+    content_type: str,
+    *,
+    truncate: int | None = None,
+    hold: Callable[[], Awaitable[None]] | None = None,
 ) -> Response:
     """Serve ``content`` with Range support; ``truncate`` sends only that many bytes (-1: half)
-    of what the headers declare, then drops the connection."""
+    of what the headers declare, then awaits ``hold`` (if any) and drops the connection."""
     size = len(content)
     headers = {
         "Accept-Ranges": "bytes",
@@ -468,22 +529,33 @@ def _serve_bytes(
         return Response(b"", status_code=status, headers=headers)
     if truncate is not None:
         keep = len(body) // 2 if truncate < 0 else min(truncate, max(len(body) - 1, 0))
-        return _TruncatedResponse(body[:keep], status_code=status, headers=headers)
+        return _TruncatedResponse(body[:keep], status_code=status, headers=headers, hold=hold)
     return Response(body, status_code=status, headers=headers)
 
 
 class _TruncatedResponse(Response):
-    """Declares the full Content-Length, sends ``part`` and drops the connection."""
+    """Declares the full Content-Length, sends ``part``, awaits ``hold`` and drops the
+    connection."""
 
-    def __init__(self, part: bytes, *, status_code: int, headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        part: bytes,
+        *,
+        status_code: int,
+        headers: dict[str, str],
+        hold: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         super().__init__(b"", status_code=status_code, headers=headers)
         self.part = part
+        self.hold = hold
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
         await send({"type": "http.response.body", "body": self.part, "more_body": True})
+        if self.hold is not None:
+            await self.hold()
         raise DropConnection
 
 
@@ -620,3 +692,6 @@ class _Admin:
     async def upload(self, request: Request) -> Response:
         url = self.state.add_upload(await request.body(), request.headers.get("content-type", ""))
         return JSONResponse({"url": url}, status_code=201)
+
+    async def stats(self, request: Request) -> Response:
+        return JSONResponse(self.state.stats_json())

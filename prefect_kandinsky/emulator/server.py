@@ -17,6 +17,16 @@
           ...
 
   The engine starts with the first request and stops when the transport is closed.
+
+  They serve every fault, ``stall`` included, with one difference in timing: a transport hands
+  an answer to the client only once the app has finished it, so a stalled answer (even the
+  first bytes of a stalled media body) arrives after the hold, followed by the
+  ``httpx.RemoteProtocolError`` a dropped connection gives. Use :class:`EmulatorServer` when the
+  client must see those bytes while the answer is still held.
+
+Stopping the server, or closing the sync transport, releases the answers stalls hold at that
+moment (see :meth:`EmulatorState.release_stalls`), so neither waits out ``stall_seconds``; the
+async transport's stalls run in the caller's own tasks, which can cancel them.
 """
 
 from __future__ import annotations
@@ -403,9 +413,11 @@ class EmulatorServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving, wait for the thread, stop the engine. Safe to call twice."""
+        """Stop serving (dropping stalled answers), wait for the thread, stop the engine. Safe to
+        call twice."""
         for server in self._servers:
             server.should_exit = True
+        self.state.release_stalls()
         if self._thread is not None:
             self._thread.join(timeout=10.0)
             self._thread = None
@@ -696,7 +708,9 @@ class EmulatorSyncTransport(_InProcessFacade, httpx.BaseTransport):
         )
 
     def close(self) -> None:
-        """Stop the private event loop and the background engine."""
+        """Stop the private event loop (releasing stalled answers, which it would otherwise
+        wait for) and the background engine."""
+        self.state.release_stalls()
         with self._lock:
             context, self._portal_context, self._portal = self._portal_context, None, None
         if context is not None:

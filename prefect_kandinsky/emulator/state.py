@@ -2,7 +2,9 @@
 
 There is no HTTP in this module (like moto's ``models.py``): ``app.py`` maps routes onto these
 methods, and the engine in ``server.py`` does the background work (fetching input images,
-rendering, posting webhooks) through the ``take_*`` / ``finish_*`` / ``record_*`` methods.
+rendering, posting webhooks) through the ``take_*`` / ``finish_*`` / ``record_*`` methods. The
+HTTP layer also counts submits in flight here (``begin_submit`` / ``end_submit``) and watches
+``stall_epoch`` to end stalled answers early.
 Everything is guarded by one lock, and time comes from an injectable clock, so tests can drive
 the whole life of a job with a :class:`FakeClock` and :meth:`EmulatorState.tick`.
 
@@ -70,13 +72,15 @@ MAX_LOG_RECORDS = 100_000
 """The request log keeps this many most recent records."""
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 """Largest image accepted by the upload route."""
+DEFAULT_STALL_SECONDS = 30.0
+"""How long a ``stall`` fault holds its answer unless told otherwise."""
 
 DEFAULT_FAILED_ERROR = "generation failed (emulated failure)"
 DEFAULT_SYSTEM_ERROR = "internal error while processing the request (emulated system error)"
 
 Route = Literal["submit", "status", "media"]
 """The routes faults can be injected on."""
-FaultAction = Literal["respond", "drop", "truncate"]
+FaultAction = Literal["respond", "drop", "truncate", "stall"]
 RequestKind = Literal["submit", "status", "media", "asset", "admin", "other"]
 Origin = Literal["gateway", "cdn"]
 WebhookMode = Literal["terminal", "sync"]
@@ -225,12 +229,15 @@ class EmulatorConfig:
     """Accept ``http://`` webhook URLs (the gateway requires https; for loopback tests)."""
     duplicate_webhooks: int = 0
     """Extra deliveries of each terminal callback, as network retries would cause."""
+    submit_latency_seconds: float = 0.0
+    """Time the gateway takes to answer a submit (after queueing it, before the 202), so that
+    several submits can be in flight at once."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "api_keys", frozenset(self.api_keys))
         object.__setattr__(self, "model_ids", frozenset(self.model_ids))
         object.__setattr__(self, "balance_usd", _decimal(self.balance_usd, "balance_usd"))
-        for name in ("queue_seconds", "processing_seconds"):
+        for name in ("queue_seconds", "processing_seconds", "submit_latency_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be zero or more; got {getattr(self, name)!r}")
         if self.sync_interval_seconds <= 0:
@@ -290,6 +297,7 @@ class EmulatorConfig:
                 "processing_seconds",
                 "sync_interval_seconds",
                 "media_ttl_seconds",
+                "submit_latency_seconds",
             ):
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ValueError(f"{name} must be a number of seconds; got {value!r}")
@@ -311,6 +319,7 @@ class EmulatorConfig:
             "media_ttl_seconds": self.media_ttl_seconds,
             "allow_http_webhooks": self.allow_http_webhooks,
             "duplicate_webhooks": self.duplicate_webhooks,
+            "submit_latency_seconds": self.submit_latency_seconds,
         }
 
 
@@ -327,9 +336,18 @@ class Fault:
         ``after_queue=True`` the job is queued (and charged) first: the ambiguous case.
         ``truncate`` (``media`` only): declare the full ``Content-Length`` but send only
         ``truncate_bytes`` (default half) before closing; later Range requests work normally.
+        ``stall``: hold the answer for ``stall_seconds``, then close the connection without
+        answering, as ``drop`` does: a client that waits that long sees a broken connection.
+        On ``submit`` with ``after_queue=True`` the job is queued (and charged) before the hold:
+        a client killed while it waits leaves a paid job behind. On ``media`` the headers (full
+        ``Content-Length``) and ``truncate_bytes`` (default half) of the body go out first: a
+        download killed midway. The request is in the log from the start of the hold, and
+        :meth:`EmulatorState.release_stalls` (also :meth:`EmulatorState.reset` and stopping the
+        server) ends every hold early.
 
     A ``respond`` fault on ``submit`` with ``after_queue=True`` also queues the job before
-    answering with the error.
+    answering with the error. ``truncate`` and ``stall`` faults on ``media`` wait for a
+    request with a body to cut (see :meth:`EmulatorState.take_fault`).
     """
 
     route: Route
@@ -341,6 +359,7 @@ class Fault:
     times: int = 1
     after_queue: bool = False
     truncate_bytes: int | None = None
+    stall_seconds: float = DEFAULT_STALL_SECONDS
 
     def __post_init__(self) -> None:
         for name in ("status_code", "times"):
@@ -353,6 +372,15 @@ class Fault:
                 isinstance(value, bool) or not isinstance(value, (int, float))
             ):
                 raise ValueError(f"fault {name} must be a number or null; got {value!r}")
+        if (
+            isinstance(self.stall_seconds, bool)
+            or not isinstance(self.stall_seconds, (int, float))
+            or not 0 < self.stall_seconds < float("inf")
+        ):
+            raise ValueError(
+                f"fault stall_seconds must be a number of seconds above zero; "
+                f"got {self.stall_seconds!r}"
+            )
         if self.body is not None and not isinstance(self.body, Mapping):
             raise ValueError(f"fault body must be a JSON object or null; got {self.body!r}")
         if not isinstance(self.headers, Mapping):
@@ -379,7 +407,7 @@ class Fault:
 
     @property
     def label(self) -> str:
-        """Short name recorded in the request log: ``429``, ``drop``, ``truncate``."""
+        """Short name recorded in the request log: ``429``, ``drop``, ``truncate``, ``stall``."""
         return str(self.status_code) if self.action == "respond" else self.action
 
     def response_body(self) -> dict[str, Any]:
@@ -424,6 +452,7 @@ class Fault:
             "times": self.times,
             "after_queue": self.after_queue,
             "truncate_bytes": self.truncate_bytes,
+            "stall_seconds": self.stall_seconds,
         }
 
     @classmethod
@@ -767,6 +796,9 @@ class EmulatorState:
         self._deliveries: list[WebhookDelivery] = []
         self._uploads: dict[str, Asset] = {}
         self._sample: Asset | None = None
+        self._stall_epoch = 0
+        self._submits_in_flight = 0
+        self._max_submits_in_flight = 0
 
     # -- configuration -------------------------------------------------------------------
 
@@ -819,10 +851,14 @@ class EmulatorState:
         return self._clock()
 
     def reset(self) -> None:
-        """Forget jobs, faults, outcomes, the log, webhooks and uploads; restore the wallet and
-        the configuration the state was created with."""
+        """Forget jobs, faults, outcomes, the log, webhooks, uploads and the submit counters;
+        restore the wallet and the configuration the state was created with; end every held
+        (stalled) answer."""
         with self._lock:
             self._generation += 1
+            self._stall_epoch += 1
+            self._submits_in_flight = 0
+            self._max_submits_in_flight = 0
             self._config = self._baseline
             self._jobs.clear()
             self._balance = self._baseline.balance_usd
@@ -936,6 +972,7 @@ class EmulatorState:
         times: int = 1,
         after_queue: bool = False,
         truncate_bytes: int | None = None,
+        stall_seconds: float = DEFAULT_STALL_SECONDS,
     ) -> Fault:
         """Build a :class:`Fault` and queue it, e.g. ``inject_fault("status", status_code=429)``."""
         return self.add_fault(
@@ -949,6 +986,7 @@ class EmulatorState:
                 times=times,
                 after_queue=after_queue,
                 truncate_bytes=truncate_bytes,
+                stall_seconds=stall_seconds,
             )
         )
 
@@ -963,17 +1001,32 @@ class EmulatorState:
         with self._lock:
             self._faults.clear()
 
+    @property
+    def stall_epoch(self) -> int:
+        """Bumped by :meth:`release_stalls` and :meth:`reset`: a held answer ends when it moves."""
+        with self._lock:
+            return self._stall_epoch
+
+    def release_stalls(self) -> None:
+        """End every answer a ``stall`` fault is holding now: each drops its connection."""
+        with self._lock:
+            self._stall_epoch += 1
+            self._changed.notify_all()
+
     def take_fault(self, route: Route, *, allow_truncate: bool = True) -> Fault | None:
         """Use one time of the first fault planned for ``route`` and return it (times=1).
 
-        A ``truncate`` fault is skipped (and kept) when ``allow_truncate`` is false, e.g. for
-        a HEAD request or missing media.
+        A ``truncate`` fault, and a ``stall`` on ``media``, is skipped (and kept) when
+        ``allow_truncate`` is false, e.g. for a HEAD request or missing media.
         """
         with self._lock:
             for index, fault in enumerate(self._faults):
                 if fault.route != route:
                     continue
-                if fault.action == "truncate" and not allow_truncate:
+                cuts_a_body = fault.action == "truncate" or (
+                    fault.action == "stall" and fault.route == "media"
+                )
+                if cuts_a_body and not allow_truncate:
                     continue
                 if fault.times > 1:
                     self._faults[index] = dataclasses.replace(fault, times=fault.times - 1)
@@ -1516,6 +1569,44 @@ class EmulatorState:
         """Callbacks queued and not yet handed to the engine."""
         with self._lock:
             return len(self._outbox)
+
+    # -- submits in flight (counted by the HTTP layer) ----------------------------------
+
+    def begin_submit(self) -> int:
+        """Count a submit request arriving; pass the returned token to :meth:`end_submit`."""
+        with self._lock:
+            self._submits_in_flight += 1
+            self._max_submits_in_flight = max(self._max_submits_in_flight, self._submits_in_flight)
+            return self._generation
+
+    def end_submit(self, token: int) -> None:
+        """Count a submit request whose answer ended (sent, dropped or released).
+
+        A request that began before a :meth:`reset` is no longer counted.
+        """
+        with self._lock:
+            if token == self._generation and self._submits_in_flight > 0:
+                self._submits_in_flight -= 1
+
+    @property
+    def submits_in_flight(self) -> int:
+        """Submit requests between arrival and the end of their answer, now."""
+        with self._lock:
+            return self._submits_in_flight
+
+    @property
+    def max_submits_in_flight(self) -> int:
+        """The most submit requests in flight at once since the start or the last reset."""
+        with self._lock:
+            return self._max_submits_in_flight
+
+    def stats_json(self) -> dict[str, int]:
+        """The submit counters as JSON (``GET /_emulator/stats``)."""
+        with self._lock:
+            return {
+                "submits_in_flight": self._submits_in_flight,
+                "max_submits_in_flight": self._max_submits_in_flight,
+            }
 
     # -- request log ---------------------------------------------------------------------
 
