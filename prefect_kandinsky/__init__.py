@@ -1,7 +1,8 @@
 """Prefect 3 integration for the Kandinsky 5.0 Pro image-to-video gateway.
 
-Tasks ``submit_video``, ``await_video`` and ``persist_video``, the ``generate_video`` flow,
-the ``KandinskyCredentials`` block, an async ``KandinskyClient`` and the models they share.
+Tasks ``submit_video``, ``await_video`` and ``persist_video``, the ``generate_video`` flow and
+the ``generate_videos`` batch flow, the ``KandinskyCredentials`` block, an async
+``KandinskyClient`` and the models they share.
 The gateway emulator lives in ``prefect_kandinsky.emulator``.
 
 Importing the package loads none of its submodules: each public name is imported from its
@@ -19,18 +20,22 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prefect_kandinsky.artifacts import publish_video_artifacts
+    from prefect_kandinsky.batch import BatchResult, generate_videos
     from prefect_kandinsky.client import KandinskyClient, MediaStream, raise_for_outcome
     from prefect_kandinsky.credentials import KandinskyCredentials
     from prefect_kandinsky.exceptions import (
         KandinskyAPIError,
         KandinskyAuthenticationError,
         KandinskyBadRequestError,
+        KandinskyBatchIncompleteError,
+        KandinskyBudgetError,
         KandinskyConnectionError,
         KandinskyError,
         KandinskyGenerationFailedError,
         KandinskyImageError,
         KandinskyInsufficientBalanceError,
         KandinskyJobError,
+        KandinskyManifestError,
         KandinskyMediaError,
         KandinskyMediaExpiredError,
         KandinskyNotFoundError,
@@ -45,6 +50,7 @@ if TYPE_CHECKING:
     )
     from prefect_kandinsky.flows import generate_video
     from prefect_kandinsky.inputs import CheckedImage, check_image, check_images
+    from prefect_kandinsky.ledger import RowRecord
     from prefect_kandinsky.models import (
         CompletedVideo,
         EmbeddedPreview,
@@ -60,6 +66,7 @@ if TYPE_CHECKING:
 
 # A new public name goes in three places: the imports above, this mapping and ``__all__``.
 _LAZY: dict[str, str] = {
+    "BatchResult": "prefect_kandinsky.batch",
     "CheckedImage": "prefect_kandinsky.inputs",
     "CompletedVideo": "prefect_kandinsky.models",
     "EmbeddedPreview": "prefect_kandinsky.models",
@@ -67,6 +74,8 @@ _LAZY: dict[str, str] = {
     "KandinskyAPIError": "prefect_kandinsky.exceptions",
     "KandinskyAuthenticationError": "prefect_kandinsky.exceptions",
     "KandinskyBadRequestError": "prefect_kandinsky.exceptions",
+    "KandinskyBatchIncompleteError": "prefect_kandinsky.exceptions",
+    "KandinskyBudgetError": "prefect_kandinsky.exceptions",
     "KandinskyClient": "prefect_kandinsky.client",
     "KandinskyConnectionError": "prefect_kandinsky.exceptions",
     "KandinskyCredentials": "prefect_kandinsky.credentials",
@@ -75,6 +84,7 @@ _LAZY: dict[str, str] = {
     "KandinskyImageError": "prefect_kandinsky.exceptions",
     "KandinskyInsufficientBalanceError": "prefect_kandinsky.exceptions",
     "KandinskyJobError": "prefect_kandinsky.exceptions",
+    "KandinskyManifestError": "prefect_kandinsky.exceptions",
     "KandinskyMediaError": "prefect_kandinsky.exceptions",
     "KandinskyMediaExpiredError": "prefect_kandinsky.exceptions",
     "KandinskyNotFoundError": "prefect_kandinsky.exceptions",
@@ -88,6 +98,7 @@ _LAZY: dict[str, str] = {
     "KandinskyWaitTimeoutError": "prefect_kandinsky.exceptions",
     "MediaStream": "prefect_kandinsky.client",
     "PersistedVideo": "prefect_kandinsky.models",
+    "RowRecord": "prefect_kandinsky.ledger",
     "StatusResponse": "prefect_kandinsky.models",
     "SubmitResponse": "prefect_kandinsky.models",
     "VideoJob": "prefect_kandinsky.models",
@@ -97,6 +108,7 @@ _LAZY: dict[str, str] = {
     "check_images": "prefect_kandinsky.inputs",
     "estimate_cost_usd": "prefect_kandinsky.models",
     "generate_video": "prefect_kandinsky.flows",
+    "generate_videos": "prefect_kandinsky.batch",
     "persist_video": "prefect_kandinsky.tasks",
     "publish_video_artifacts": "prefect_kandinsky.artifacts",
     "raise_for_outcome": "prefect_kandinsky.client",
@@ -105,6 +117,7 @@ _LAZY: dict[str, str] = {
 """Where each public name lives: imported from that module on first access."""
 
 __all__ = [
+    "BatchResult",
     "CheckedImage",
     "CompletedVideo",
     "EmbeddedPreview",
@@ -112,6 +125,8 @@ __all__ = [
     "KandinskyAPIError",
     "KandinskyAuthenticationError",
     "KandinskyBadRequestError",
+    "KandinskyBatchIncompleteError",
+    "KandinskyBudgetError",
     "KandinskyClient",
     "KandinskyConnectionError",
     "KandinskyCredentials",
@@ -120,6 +135,7 @@ __all__ = [
     "KandinskyImageError",
     "KandinskyInsufficientBalanceError",
     "KandinskyJobError",
+    "KandinskyManifestError",
     "KandinskyMediaError",
     "KandinskyMediaExpiredError",
     "KandinskyNotFoundError",
@@ -133,6 +149,7 @@ __all__ = [
     "KandinskyWaitTimeoutError",
     "MediaStream",
     "PersistedVideo",
+    "RowRecord",
     "StatusResponse",
     "SubmitResponse",
     "VideoJob",
@@ -142,6 +159,7 @@ __all__ = [
     "check_images",
     "estimate_cost_usd",
     "generate_video",
+    "generate_videos",
     "persist_video",
     "publish_video_artifacts",
     "raise_for_outcome",

@@ -15,6 +15,9 @@ DEFAULT_CONNECT_TIMEOUT_SECONDS = 10.0
 DEFAULT_MEDIA_TIMEOUT_SECONDS = 120.0
 """Read timeout between two chunks of a media download."""
 
+DEFAULT_MAX_CONNECTIONS = 100
+"""Connections one client keeps open at most (httpx's default)."""
+
 DEFAULT_MAX_RETRIES = 4
 """Retries of one gateway call on 429, 5xx and connection errors (status reads)."""
 DEFAULT_RETRY_INITIAL_DELAY = 0.5
@@ -48,3 +51,11 @@ DEFAULT_IMAGE_CHECK_TIMEOUT_SECONDS = 10.0
 """Timeout of the check of an input image made before the submit (connect and each read)."""
 MAX_IMAGE_CHECK_BYTES = 20 * 1024 * 1024
 """The image check reads at most this many bytes of an input image (for its thumbnail)."""
+
+DEFAULT_INPUT_FOLDER = "kandinsky-inputs"
+"""Folder of an ``S3Bucket`` (under its ``bucket_folder``) that local input images are
+uploaded to, each under the SHA-256 of its bytes."""
+DEFAULT_PRESIGN_MARGIN_SECONDS = 3600.0
+"""Extra life given to a presigned input image link beyond the wait's timeout: it covers the
+time from the presign to the submit (the rest of a batch being prepared and submitted under
+the rate limit) and clock skew."""

@@ -1,12 +1,16 @@
 """In-process listeners of generation progress, for displays such as the command line's.
 
-The tasks report every status read here; a display registers a listener for the time it
-shows something. Listeners run in the reporting thread and must be quick and never raise
-(an exception is logged and the listener dropped).
+The tasks report every status read here, and the batch every row that finished; a display
+registers a listener for the time it shows something. Listeners run in the reporting thread
+and must be quick (an exception is logged and the listener dropped).
 
 Example:
     ```python
-    with watching(lambda request_id, status: print(request_id, status.status.value)):
+    def show(event: object) -> None:
+        if isinstance(event, StatusRead):
+            print(event.request_id, event.status.status.value)
+
+    with watching(show):
         await generate_video(...)
     ```
 """
@@ -17,11 +21,21 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from prefect_kandinsky.models import StatusResponse
 
-Listener = Callable[[str, StatusResponse], None]
-"""Called with the request id and the status just read."""
+
+@dataclass(frozen=True)
+class StatusRead:
+    """A status read of one generation."""
+
+    request_id: str
+    status: StatusResponse
+
+
+Listener = Callable[[object], None]
+"""Called with each event: a :class:`StatusRead`, or a batch row's record when it finished."""
 
 _listeners: list[Listener] = []
 _lock = threading.Lock()
@@ -30,7 +44,7 @@ _logger = logging.getLogger("prefect_kandinsky.watch")
 
 @contextmanager
 def watching(listener: Listener) -> Iterator[None]:
-    """Call ``listener`` for every status read in this process while the block runs."""
+    """Call ``listener`` for every event reported in this process while the block runs."""
     with _lock:
         _listeners.append(listener)
     try:
@@ -41,13 +55,13 @@ def watching(listener: Listener) -> Iterator[None]:
                 _listeners.remove(listener)
 
 
-def report(request_id: str, status: StatusResponse) -> None:
-    """Tell every listener about a status read."""
+def report(event: object) -> None:
+    """Tell every listener about ``event``."""
     with _lock:
         listeners = list(_listeners)
     for listener in listeners:
         try:
-            listener(request_id, status)
+            listener(event)
         except Exception:
             _logger.exception("A progress listener failed; it is removed")
             with _lock:

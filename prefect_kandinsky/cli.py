@@ -1,8 +1,9 @@
-"""The ``prefect-kandinsky`` command: ``demo``, ``generate`` and ``emulator``.
+"""The ``prefect-kandinsky`` command: ``demo``, ``generate``, ``batch`` and ``emulator``.
 
 ```
 prefect-kandinsky demo                      # one video through the flow, on the built-in emulator
 prefect-kandinsky generate --prompt ... --image URL_OR_PATH [--emulator | --credentials NAME]
+prefect-kandinsky batch MANIFEST [--emulator | --credentials NAME] [--max-cost 20]
 prefect-kandinsky emulator --port 8080      # serve the gateway emulator
 ```
 
@@ -141,6 +142,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--emulator", action="store_true", help="run against the built-in emulator (no key)"
     )
 
+    batch = commands.add_parser(
+        "batch", help="generate one video per row of a manifest (CSV or JSONL)"
+    )
+    batch.add_argument(
+        "manifest", help="a local file, s3://bucket/key, or <block-slug>/<block-name>/<path>"
+    )
+    batch.add_argument("--credentials", help="name of a saved KandinskyCredentials block")
+    batch.add_argument(
+        "--emulator", action="store_true", help="run against the built-in emulator (no key)"
+    )
+    batch.add_argument(
+        "--output", default="output", help="directory or block such as s3-bucket/videos"
+    )
+    batch.add_argument(
+        "--max-concurrency", type=int, default=16, help="renders in flight at once (default: 16)"
+    )
+    batch.add_argument("--max-cost", type=float, help="refuse the batch above this many USD")
+    batch.add_argument("--rate-limit", help="a Prefect global concurrency limit for submits")
+    batch.add_argument(
+        "--input-bucket", help="S3Bucket block for s3:// manifests and images, and uploads"
+    )
+    batch.add_argument("--batch-id", help="the batch's identity (default: the manifest)")
+    batch.add_argument("--ledger", help="folder or storage block of the rows' records")
+    batch.add_argument("--no-check-image", dest="check_image", action="store_false")
+    batch.add_argument("--retry-failed", action="store_true", help="submit FAILED rows again")
+    batch.add_argument(
+        "--resubmit-uncertain",
+        action="store_true",
+        help="submit again rows whose earlier submit may have reached the gateway",
+    )
+    batch.add_argument("--poll-interval", type=float, default=None, help="first poll, seconds")
+    batch.add_argument(
+        "--verbose", action="store_true", help="show Prefect's own log lines as well"
+    )
+
     emulator = commands.add_parser("emulator", help="serve the gateway emulator")
     add_emulator_arguments(emulator)
     return parser
@@ -242,6 +278,12 @@ class _Display:
         self.status = "starting"
         self.spinner = Spinner("dots")
 
+    def on_event(self, event: object) -> None:
+        from prefect_kandinsky._watch import StatusRead
+
+        if isinstance(event, StatusRead):
+            self.on_status(event.request_id, event.status)
+
     def on_status(self, request_id: str, status: StatusResponse) -> None:
         if self.started is None:
             self.started = time.monotonic()
@@ -298,7 +340,7 @@ def _run_flow(verbose: bool, **parameters: Any) -> Any:
     if not verbose:
         _silence_prefect_console()
     with (
-        watching(display.on_status),
+        watching(display.on_event),
         Live(display, console=console, transient=True, refresh_per_second=8)
         if console.is_terminal and not verbose
         else contextlib.nullcontext(),
@@ -457,6 +499,150 @@ def _generate(args: argparse.Namespace) -> int:
         return _finish(state)
 
 
+class _BatchDisplay:
+    """A live progress bar of finished rows on a terminal; a line per row otherwise."""
+
+    def __init__(self, console: Console, total: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.console = console
+        self.total = total
+        self.counts: dict[str, int] = {}
+        self.progress = Progress(
+            TextColumn("rows"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=console,
+            transient=True,
+        )
+        self.task = self.progress.add_task("", total=total)
+
+    def on_event(self, event: object) -> None:
+        from prefect_kandinsky.ledger import RowRecord
+
+        if not isinstance(event, RowRecord):
+            return
+        self.counts[event.state] = self.counts.get(event.state, 0) + 1
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(self.counts.items()))
+        self.progress.update(self.task, advance=1, description=counts)
+        if not self.console.is_terminal:
+            name = event.row_id or f"line {event.line}"
+            print(f"{event.state:<10} {name}  {event.uri or event.error or ''}", file=sys.stderr)
+
+
+def _batch_rows(args: argparse.Namespace, server: Any) -> tuple[Any, str | None, int]:
+    """The rows to run, the batch id, and the row count; every problem is a usage error."""
+    from prefect_kandinsky.exceptions import KandinskyManifestError
+    from prefect_kandinsky.manifests import load_manifest
+
+    try:
+        manifest = asyncio.run(load_manifest(args.manifest))
+    except (KandinskyManifestError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    if server is None:
+        return args.manifest, args.batch_id, len(manifest.rows)
+    # The emulator cannot read this machine's files: give it the local images.
+    rows = []
+    for row in manifest.rows:
+        fields = row.model_dump(exclude={"line"}, exclude_none=True)
+        if row.image_kind == "file":
+            fields["image"] = _image_url(row.image, server)
+        rows.append(fields)
+    return rows, args.batch_id or manifest.source, len(rows)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from prefect_kandinsky._watch import watching
+    from prefect_kandinsky.batch import generate_videos
+
+    with _emulator(args.emulator) as server:
+        credentials = _credentials(args, server)
+        rows, batch_id, total = _batch_rows(args, server)
+        parameters = {
+            "credentials": credentials if server is not None else args.credentials,
+            "destination": args.output,
+            "max_concurrency": args.max_concurrency,
+            "max_cost_usd": args.max_cost,
+            "rate_limit": args.rate_limit,
+            "input_bucket": args.input_bucket,
+            "batch_id": batch_id,
+            "ledger": args.ledger,
+            "check_image": args.check_image,
+            "retry_failed": args.retry_failed,
+            "resubmit_uncertain": args.resubmit_uncertain,
+            "poll_interval_seconds": args.poll_interval,
+        }
+        console = Console(stderr=True)
+        display = _BatchDisplay(console, total)
+        if not args.verbose:
+            _silence_prefect_console()
+        with (
+            watching(display.on_event),
+            Live(display.progress, console=console, transient=True)
+            if console.is_terminal and not args.verbose
+            else contextlib.nullcontext(),
+        ):
+            state = asyncio.run(_call(generate_videos, {"rows": rows, **_set(parameters)}))
+        return _finish_batch(state)
+
+
+def _set(parameters: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in parameters.items() if v is not None}
+
+
+def _finish_batch(state: Any) -> int:
+    from prefect_kandinsky.artifacts import batch_key
+    from prefect_kandinsky.exceptions import (
+        KandinskyBatchIncompleteError,
+        KandinskyBudgetError,
+        KandinskyManifestError,
+    )
+
+    flow_run_id = state.state_details.flow_run_id
+    outcome = state.result(raise_on_failure=False)
+    result = outcome.result if isinstance(outcome, KandinskyBatchIncompleteError) else outcome
+    if isinstance(outcome, KandinskyManifestError | KandinskyBudgetError):
+        print(f"{PROG}: {outcome}", file=sys.stderr)
+        return 2
+    if isinstance(outcome, BaseException):
+        print(f"{PROG}: {outcome}", file=sys.stderr)
+        for line in _ui_hint(flow_run_id):
+            print(line, file=sys.stderr)
+        return 1
+    stored = result.counts.get("stored", 0)
+    lines = [
+        "",
+        f"Stored:      {stored} of {len(result.rows)} rows",
+        f"Charged:     ${result.charged_usd:.2f} (documented prices; this run's estimate "
+        f"${result.estimated_cost_usd:.2f})",
+        f"Rows:        {', '.join(f'{n} {s}' for s, n in sorted(result.counts.items()))}",
+        f"Ledger:      {result.ledger}",
+        f"Artifacts:   {batch_key(result.batch_id, '')} [table]",
+        f"             {batch_key(result.batch_id, 'summary')} [markdown]",
+        *_ui_hint(flow_run_id),
+    ]
+    print("\n".join(lines))
+    if not result.complete:
+        print(
+            f"{PROG}: {len(result.rows) - stored} rows are not stored; run the same command "
+            "again to finish them without paying twice for the others",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``prefect-kandinsky``."""
     try:
@@ -465,6 +651,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         if args.command == "generate":
             return _generate(args)
+        if args.command == "batch":
+            return _batch(args)
     except UsageError as exc:
         if "prefect" in sys.modules:
             _silence_prefect_console()

@@ -48,6 +48,7 @@ from prefect_kandinsky._constants import (
     DEFAULT_BASE_URL,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_CONNECT_TIMEOUT_SECONDS,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_POLL_INTERVAL,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MEDIA_RESUMES,
@@ -266,6 +267,8 @@ class KandinskyClient:
         max_retries: Retries of one call on 429, 5xx and connection errors.
         retry_initial_delay: First backoff delay, in seconds; it doubles per retry.
         retry_max_delay: Cap of one backoff delay, in seconds.
+        max_connections: Connections kept open at most, to the gateway and the CDN together;
+            size it to the calls made at once (a batch polls many jobs concurrently).
         allow_http_webhooks: Accept ``http://`` webhook URLs (for a local emulator only;
             the gateway rejects them).
         transport: An httpx transport, e.g. the emulator's in-process one.
@@ -287,6 +290,7 @@ class KandinskyClient:
         retry_initial_delay: float = DEFAULT_RETRY_INITIAL_DELAY,
         retry_max_delay: float = DEFAULT_RETRY_MAX_DELAY,
         allow_http_webhooks: bool = False,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         transport: httpx.AsyncBaseTransport | None = None,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -315,6 +319,10 @@ class KandinskyClient:
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+            ),
             follow_redirects=False,
             event_hooks={"request": [self._guard_key]},
         )

@@ -21,7 +21,13 @@ KandinskyError
 │   └── KandinskyWaitTimeoutError       the wait deadline passed while the job still runs
 ├── KandinskyMediaError                 downloading or storing the output media failed
 │   └── KandinskyMediaExpiredError      the CDN link answered 403/404: it has expired
-└── KandinskyImageError                 the input image failed the check before the submit
+├── KandinskyImageError                 the input image failed the check before the submit
+├── KandinskyManifestError              a batch manifest has bad rows (every one listed);
+│                                       nothing was submitted
+├── KandinskyBudgetError                a batch would cost more than max_cost_usd; nothing
+│                                       was submitted
+└── KandinskyBatchIncompleteError       some rows of a batch are not stored; .result holds
+                                        every row's outcome
 ```
 
 Every error carries the request id where one is known. No message ever contains the API key.
@@ -38,9 +44,13 @@ they are handled differently.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from decimal import Decimal
+
+    from prefect_kandinsky.manifests import CostEstimate, RowProblem
     from prefect_kandinsky.models import JobStatus
 
 
@@ -274,3 +284,57 @@ class KandinskyImageError(KandinskyError):
         self.url = url
         self.status_code = status_code
         self.content_type = content_type
+
+
+class KandinskyManifestError(KandinskyError):
+    """A batch manifest could not be read, or some of its rows are invalid.
+
+    The whole manifest is checked before anything is paid: ``problems`` lists every problem
+    of every row (line, row id, field, value and what is allowed), ``source`` names the
+    manifest. Nothing was submitted.
+    """
+
+    def __init__(self, message: str, *, problems: list[RowProblem], source: str) -> None:
+        super().__init__(message)
+        self.problems = problems
+        self.source = source
+
+    @classmethod
+    def from_problems(cls, source: str, problems: Iterable[RowProblem]) -> KandinskyManifestError:
+        """The error listing ``problems`` of ``source``, sorted by line (at most 50 shown)."""
+        from prefect_kandinsky.manifests import manifest_error
+
+        return manifest_error(source, problems)
+
+
+class KandinskyBudgetError(KandinskyError):
+    """A batch would cost more than its ``max_cost_usd``; nothing was submitted.
+
+    ``estimate`` holds the documented price of the batch by resolution and duration,
+    ``already_charged_usd`` what earlier runs of the same batch have already spent.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        estimate: CostEstimate,
+        max_cost_usd: Decimal,
+        already_charged_usd: Decimal,
+    ) -> None:
+        super().__init__(message)
+        self.estimate = estimate
+        self.max_cost_usd = max_cost_usd
+        self.already_charged_usd = already_charged_usd
+
+
+class KandinskyBatchIncompleteError(KandinskyError):
+    """A batch ended with rows that are not stored (failed, refused, uncertain, in flight).
+
+    ``result`` is the ``BatchResult`` with every row's record: run the batch again to finish
+    the rest without paying twice for the rows already stored or in flight.
+    """
+
+    def __init__(self, message: str, *, result: Any) -> None:
+        super().__init__(message)
+        self.result = result

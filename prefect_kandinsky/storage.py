@@ -295,6 +295,7 @@ async def persist_media(
     multipart_threshold: int = DEFAULT_S3_MULTIPART_THRESHOLD,
     multipart_chunksize: int = DEFAULT_S3_MULTIPART_CHUNKSIZE,
     preview: bool | int = False,
+    preview_width: int | None = None,
     logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
 ) -> PersistedVideo:
     """Stream a completed video to its destination in constant memory and describe the copy.
@@ -327,8 +328,9 @@ async def persist_media(
         multipart_threshold: Bytes above which an S3 upload goes multipart.
         multipart_chunksize: Bytes per part of a multipart S3 upload.
         preview: Make small preview pictures of the video for artifacts (needs PyAV):
-            ``True`` for a poster and a strip of frames, a number for a strip of that
-            many frames (0: the poster alone), ``False`` for none.
+            ``True`` for a poster, a strip of frames and a preview clip, a number for a
+            poster and a strip of that many frames (no clip), ``False`` for none.
+        preview_width: Widest a preview picture may be, in pixels (256 by default).
         logger: Where progress is logged (a Prefect run logger in tasks).
 
     Returns:
@@ -359,7 +361,7 @@ async def persist_media(
             if media.resumes:
                 log.info("Download of %s resumed %d time(s) with Range", url, media.resumes)
             _check_length(media, size, request_id)
-        facts, pictures = await _run(_describe, temp, preview)
+        facts, pictures = await _run(_describe, temp, preview, preview_width)
         if plan is not None and target is not None:
             where = uri = plan.uri_prefix + str(target)
             reused = await _run(_place_file, temp, target, sha256, overwrite, request_id)
@@ -483,15 +485,19 @@ def _check_length(media: MediaStream, size: int, request_id: str) -> None:
         )
 
 
-def _describe(path: Path, preview: bool | int) -> tuple[VideoFacts, EmbeddedPreview | None]:
+def _describe(
+    path: Path, preview: bool | int, width: int | None
+) -> tuple[VideoFacts, EmbeddedPreview | None]:
     """Probe the video and, if asked, make its preview pictures (blocking)."""
     facts = probe_video(path) or VideoFacts()
     if preview is False:
         return facts, None
-    from prefect_kandinsky.previews import embedded_preview
+    from prefect_kandinsky.previews import PREVIEW_MAX_WIDTH, embedded_preview
 
     frames = DEFAULT_PREVIEW_FRAMES if preview is True else int(preview)
-    return facts, embedded_preview(path, frames=frames)
+    return facts, embedded_preview(
+        path, frames=frames, max_width=width or PREVIEW_MAX_WIDTH, clip=preview is True
+    )
 
 
 async def _run(func: Callable[..., _T], *args: Any) -> _T:

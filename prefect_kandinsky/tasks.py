@@ -33,7 +33,7 @@ from prefect_kandinsky._constants import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_WAIT_TIMEOUT_SECONDS,
 )
-from prefect_kandinsky._watch import report
+from prefect_kandinsky._watch import StatusRead, report
 from prefect_kandinsky.artifacts import (
     WaitProgress,
     publish_failure_summary,
@@ -454,7 +454,7 @@ async def await_video(
         logger.info("Generation %s is %s", request_id, status.status.value)
 
     async def on_poll(status: StatusResponse) -> None:
-        report(request_id, status)
+        report(StatusRead(request_id, status))
         await progress.update(status)
 
     try:

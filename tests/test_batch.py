@@ -1,0 +1,260 @@
+"""The batch flow on a real Prefect API against the emulator: rows, refusals, spend, re-runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.client.schemas.objects import Artifact
+
+from prefect_kandinsky import KandinskyCredentials
+from prefect_kandinsky.artifacts import batch_key
+from prefect_kandinsky.batch import BatchResult, generate_videos
+from prefect_kandinsky.emulator.render import probe_video
+from prefect_kandinsky.exceptions import (
+    KandinskyBatchIncompleteError,
+    KandinskyBudgetError,
+    KandinskyManifestError,
+)
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+FAST = {"poll_interval_seconds": 0.02, "max_poll_interval_seconds": 0.05}
+COLUMNS = ["id", "prompt", "image", "resolution", "duration", "filename"]
+
+
+def write_manifest(path: Path, rows: list[dict[str, Any]]) -> str:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(path)
+
+
+def catalogue(server: Any, count: int, **changes: Any) -> list[dict[str, Any]]:
+    rows = [
+        {
+            "id": f"sku-{n}",
+            "prompt": f"Product {n} turns slowly on a white table.",
+            "image": server.sample_image_url,
+            "resolution": "256P",
+            "duration": "1s",
+        }
+        for n in range(1, count + 1)
+    ]
+    for row in rows:
+        row.update(changes)
+    return rows
+
+
+async def artifacts_of(flow_run_id: UUID) -> dict[str, Artifact]:
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key or f"unkeyed-{a.type}": a for a in found}
+
+
+async def run_batch(
+    manifest: str | list[Any], creds: KandinskyCredentials, tmp_path: Path, **options: Any
+) -> Any:
+    parameters = {
+        "credentials": creds,
+        "destination": str(tmp_path / "videos"),
+        "ledger": str(tmp_path / "ledger"),
+        **FAST,
+        **options,
+    }
+    return await generate_videos(manifest, **parameters, return_state=True)  # type: ignore[call-overload]
+
+
+async def test_a_manifest_becomes_one_stored_video_per_row(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """Six rows: six submits, six MP4s, a table row each, thumbnails and a full progress bar."""
+    manifest = write_manifest(tmp_path / "catalogue.csv", catalogue(kandinsky_emulator, 6))
+    state = await run_batch(manifest, credentials, tmp_path, max_concurrency=3)
+    result: BatchResult = await state.result()
+
+    assert result.complete and {"stored": 6} == result.counts
+    assert 6 == kandinsky_emulator.state.count("submit")
+    assert 6 == kandinsky_emulator.state.count("media")
+    files = sorted((tmp_path / "videos").glob("*.mp4"))
+    assert 6 == len(files)
+    assert 25 == probe_video(files[0].read_bytes()).frames
+
+    found = await artifacts_of(state.state_details.flow_run_id)
+    data = found[batch_key(manifest, "")].data
+    table = json.loads(data) if isinstance(data, str) else data
+    assert [f"sku-{n}" for n in range(1, 7)] == [row["row"] for row in table]
+    assert {"stored"} == {row["status"] for row in table}
+    assert all(row["stored at"].endswith(".mp4") and row["request id"] for row in table)
+    summary = str(found[batch_key(manifest, "summary")].data)
+    assert "**6 of 6 rows stored**" in summary
+    assert 6 == summary.count("data:image/jpeg;base64,")
+    assert 100.0 == found["unkeyed-progress"].data
+
+
+async def test_bad_rows_are_all_reported_and_nothing_is_paid(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """Every bad row at once, with line, field and value: no submit."""
+    rows = catalogue(kandinsky_emulator, 4)
+    rows[1]["resolution"] = "720P"
+    rows[3]["duration"] = "11s"
+    manifest = write_manifest(tmp_path / "bad.csv", rows)
+    state = await run_batch(manifest, credentials, tmp_path)
+    assert state.is_failed()
+    with pytest.raises(KandinskyManifestError) as caught:
+        await state.result()
+    message = str(caught.value)
+    assert "line 3 (id sku-2): resolution: resolution must be one of 256P, 512P, 1024P" in message
+    assert "line 5 (id sku-4): duration: duration must be whole seconds" in message
+    assert 0 == kandinsky_emulator.state.count("submit")
+
+
+async def test_a_bad_image_refuses_the_whole_batch_before_paying(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """One row's image answers 404: the batch names it and submits nothing."""
+    rows = catalogue(kandinsky_emulator, 3)
+    rows[2]["image"] = kandinsky_emulator.cdn_url + "/samples/missing.png"
+    manifest = write_manifest(tmp_path / "images.csv", rows)
+    state = await run_batch(manifest, credentials, tmp_path)
+    with pytest.raises(KandinskyManifestError, match=r"line 4 \(id sku-3\): image: .*404"):
+        await state.result()
+    assert 0 == kandinsky_emulator.state.count("submit")
+
+
+async def test_over_budget_is_refused_with_a_breakdown(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """$0.60 of 512P rows against a $0.50 budget: refused, with the price lines, unpaid."""
+    rows = catalogue(kandinsky_emulator, 3, resolution="512P", duration="5s")
+    rows.append({**catalogue(kandinsky_emulator, 4)[3], "resolution": "256P", "duration": "1s"})
+    manifest = write_manifest(tmp_path / "budget.csv", rows)
+    state = await run_batch(manifest, credentials, tmp_path, max_cost_usd=0.5)
+    with pytest.raises(KandinskyBudgetError) as caught:
+        await state.result()
+    message = str(caught.value)
+    assert "would cost $0.60" in message and "over max_cost_usd $0.50" in message
+    assert "512P 5s: 3 rows x $0.20 = $0.60" in message
+    assert "256P 1s: 1 row" in message and "no documented price" in message
+    assert 0 == kandinsky_emulator.state.count("submit")
+
+
+async def test_failed_and_error_rows_never_stop_the_others(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """A FAILED row (charged) and an ERROR row (not): the rest are stored; re-runs finish it."""
+    kandinsky_emulator.state.plan_outcome("FAILED", "moderation rejected the prompt")
+    kandinsky_emulator.state.plan_outcome("ERROR", "GPU node lost")
+    manifest = write_manifest(
+        tmp_path / "mixed.csv", catalogue(kandinsky_emulator, 4, resolution="512P", duration="1s")
+    )
+    state = await run_batch(manifest, credentials, tmp_path, max_concurrency=1)
+    with pytest.raises(KandinskyBatchIncompleteError) as caught:
+        await state.result()
+    result: BatchResult = caught.value.result
+    assert {"stored": 2, "failed": 1, "error": 1} == result.counts
+    assert Decimal("0.12") == result.charged_usd, "two stored and the FAILED row at $0.04"
+    assert Decimal("0.16") - Decimal("0.04") == Decimal("10") - kandinsky_emulator.state.balance
+
+    found = await artifacts_of(state.state_details.flow_run_id)
+    table = str(found[batch_key(manifest, "")].data)
+    assert "moderation rejected the prompt" in table and "GPU node lost" in table
+
+    again = await run_batch(manifest, credentials, tmp_path)
+    with pytest.raises(KandinskyBatchIncompleteError) as caught:
+        await again.result()
+    assert {"stored": 3, "failed": 1} == caught.value.result.counts
+    assert 5 == kandinsky_emulator.state.count("submit"), "only the ERROR row went again"
+
+    last = await run_batch(manifest, credentials, tmp_path, retry_failed=True)
+    assert {"stored": 4} == (await last.result()).counts
+    assert 6 == kandinsky_emulator.state.count("submit")
+
+
+async def test_a_finished_batch_runs_again_for_free(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """Run twice: the second run submits nothing and downloads nothing."""
+    manifest = write_manifest(tmp_path / "again.csv", catalogue(kandinsky_emulator, 3))
+    first = await run_batch(manifest, credentials, tmp_path)
+    assert (await first.result()).complete
+    submits, downloads = (kandinsky_emulator.state.count(k) for k in ("submit", "media"))
+    second = await run_batch(manifest, credentials, tmp_path)
+    assert (await second.result()).complete
+    assert (3, 3) == (submits, downloads)
+    assert (submits, downloads) == tuple(
+        kandinsky_emulator.state.count(k) for k in ("submit", "media")
+    )
+
+
+async def test_rows_in_memory_with_ids_need_a_batch_id(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """Ids say nothing across lists: a list with ids is refused without a batch_id."""
+    rows = catalogue(kandinsky_emulator, 2)
+    state = await run_batch(rows, credentials, tmp_path)
+    with pytest.raises(ValueError, match="need a batch_id"):
+        await state.result()
+    named = await run_batch(rows, credentials, tmp_path, batch_id="catalogue-2026-11")
+    assert (await named.result()).complete
+    assert 2 == kandinsky_emulator.state.count("submit")
+
+
+async def test_private_inputs_and_outputs_go_through_s3(
+    kandinsky_emulator: Any,
+    credentials: KandinskyCredentials,
+    tmp_path: Path,
+    s3_bucket: Any,
+    s3_client: Any,
+) -> None:
+    """Local and s3:// images are presigned from moto, fetched by the emulator, stored on S3."""
+    from prefect_kandinsky.assets import sample_image_bytes
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "local.png").write_bytes(sample_image_bytes())
+    s3_client.put_object(
+        Bucket=s3_bucket.bucket_name, Key="inbox/remote.png", Body=sample_image_bytes()
+    )
+    rows = [
+        {
+            "id": "local",
+            "prompt": "The lamp flickers.",
+            "image": "images/local.png",
+            "resolution": "256P",
+            "duration": "1s",
+        },
+        {
+            "id": "remote",
+            "prompt": "The lamp glows.",
+            "image": f"s3://{s3_bucket.bucket_name}/inbox/remote.png",
+            "resolution": "256P",
+            "duration": "1s",
+        },
+    ]
+    manifest = write_manifest(tmp_path / "private.csv", rows)
+    state = await run_batch(
+        manifest, credentials, tmp_path, input_bucket=s3_bucket, destination=s3_bucket
+    )
+    result: BatchResult = await state.result()
+
+    assert {"stored": 2} == result.counts
+    jobs = kandinsky_emulator.state.jobs()
+    assert all(job.image_url.startswith("http://127.0.0.1:") for job in jobs)
+    assert not any(kandinsky_emulator.base_url in job.image_url for job in jobs)
+    for record in result.rows:
+        assert record.uri and record.uri.startswith(f"s3://{s3_bucket.bucket_name}/")
+        assert record.public_url
+        assert 25 == probe_video(httpx.get(record.public_url).content).frames
+    assert not any(r.key_present for r in kandinsky_emulator.state.requests(origin="cdn"))

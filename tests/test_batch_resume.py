@@ -1,0 +1,200 @@
+"""A batch killed at each point, then run again: no row is submitted or downloaded twice.
+
+The first run is a real process, killed with SIGKILL at the moment the emulator shows the
+point was reached; the second run reads the same ledger. The emulator's request log is the
+witness: it counts submits and downloads per request id.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prefect_kandinsky import KandinskyCredentials
+from prefect_kandinsky.batch import BatchResult, generate_videos
+from prefect_kandinsky.exceptions import KandinskyBatchIncompleteError
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+RUN_BATCH = """
+import asyncio, json, sys
+from prefect_kandinsky import KandinskyCredentials
+from prefect_kandinsky.batch import generate_videos
+
+settings = json.loads(sys.argv[1])
+key, url = settings.pop("api_key"), settings.pop("base_url")
+credentials = KandinskyCredentials(api_key=key, base_url=url)
+asyncio.run(generate_videos(settings.pop("manifest"), credentials=credentials, **settings))
+"""
+KILL_TIMEOUT = 60.0
+
+
+def write_manifest(path: Path, server: Any, count: int) -> str:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "prompt", "image", "resolution", "duration"])
+        for n in range(1, count + 1):
+            writer.writerow(
+                [f"row-{n}", f"Scene {n}: the leaves fall.", server.sample_image_url, "256P", "1s"]
+            )
+    return str(path)
+
+
+def settings(server: Any, manifest: str, tmp_path: Path, **changes: Any) -> dict[str, Any]:
+    return {
+        "manifest": manifest,
+        "destination": str(tmp_path / "videos"),
+        "ledger": str(tmp_path / "ledger"),
+        "max_concurrency": 1,
+        "poll_interval_seconds": 0.05,
+        "max_poll_interval_seconds": 0.1,
+        "check_image": False,
+        **changes,
+    }
+
+
+@pytest.fixture
+def killed_run(kandinsky_emulator: Any) -> Iterator[Callable[..., None]]:
+    """Start the batch in a process and SIGKILL it once ``reached()`` is true."""
+    from prefect.settings import PREFECT_API_URL
+
+    started: list[subprocess.Popen[bytes]] = []
+
+    def run(options: dict[str, Any], reached: Callable[[], bool]) -> None:
+        argument = json.dumps(
+            {
+                **options,
+                "api_key": kandinsky_emulator.api_key,
+                "base_url": kandinsky_emulator.base_url,
+            }
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update(
+            PREFECT_API_URL=str(PREFECT_API_URL.value()), PREFECT_SERVER_ANALYTICS_ENABLED="false"
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-c", RUN_BATCH, argument],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        started.append(process)
+        deadline = time.monotonic() + KILL_TIMEOUT
+        while not reached():
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"the batch ended before the kill: {process.stderr.read().decode()[-3000:]}"
+                )  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the point to kill at was never reached"
+            time.sleep(0.02)
+        process.kill()
+        process.wait(timeout=10)
+
+    yield run
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+async def run_again(server: Any, options: dict[str, Any], **changes: Any) -> BatchResult:
+    options = {**options, **changes}
+    credentials = KandinskyCredentials(api_key=server.api_key, base_url=server.base_url)
+    try:
+        result: BatchResult = await generate_videos(
+            options.pop("manifest"), credentials=credentials, **options
+        )
+    except KandinskyBatchIncompleteError as exc:
+        return exc.result  # type: ignore[no-any-return]
+    return result
+
+
+def full_downloads(state: Any) -> dict[str, int]:
+    """Completed media downloads per request id (a stalled one does not count)."""
+    counts: dict[str, int] = {}
+    for record in state.requests("media"):
+        if record.status_code in (200, 206) and record.fault is None:
+            counts[record.request_id] = counts.get(record.request_id, 0) + 1
+    return counts
+
+
+async def test_killed_mid_submit_the_row_is_not_paid_again(
+    kandinsky_emulator: Any, tmp_path: Path, killed_run: Callable[..., None]
+) -> None:
+    """Killed while the gateway held a submit's answer: that row is uncertain, not resent."""
+    state = kandinsky_emulator.state
+    state.inject_fault("submit", action="stall", after_queue=True, stall_seconds=30)
+    manifest = write_manifest(tmp_path / "rows.csv", kandinsky_emulator, 3)
+    options = settings(kandinsky_emulator, manifest, tmp_path)
+    killed_run(options, lambda: any(r.fault == "stall" for r in state.requests("submit")))
+    assert 1 == len(state.jobs()), "the gateway queued (and billed) the first row"
+
+    result = await run_again(kandinsky_emulator, options)
+
+    assert 3 == state.count("submit"), "rows 2 and 3 once each; row 1 not again"
+    assert {"stored": 2, "uncertain": 1} == result.counts
+    (uncertain,) = [r for r in result.rows if r.state == "uncertain"]
+    assert "row-1" == uncertain.row_id
+    assert "not submitted again" in (uncertain.error or "") or "may exist" in (
+        uncertain.error or ""
+    )
+
+    forced = await run_again(kandinsky_emulator, options, resubmit_uncertain=True)
+    assert forced.complete
+    assert 4 == state.count("submit"), "only when asked, once"
+
+
+async def test_killed_mid_wait_the_rows_are_awaited_not_resubmitted(
+    kandinsky_emulator: Any, tmp_path: Path, killed_run: Callable[..., None]
+) -> None:
+    """Killed while three renders were in flight: the re-run waits for the same three jobs."""
+    state = kandinsky_emulator.state
+    kandinsky_emulator.configure(manual=True)
+    manifest = write_manifest(tmp_path / "rows.csv", kandinsky_emulator, 3)
+    options = settings(kandinsky_emulator, manifest, tmp_path, max_concurrency=3)
+
+    def all_in_flight() -> bool:
+        jobs = state.jobs()
+        return len(jobs) == 3 and all(state.count("status", request_id=j.request_id) for j in jobs)
+
+    killed_run(options, all_in_flight)
+    kandinsky_emulator.configure(manual=False)
+
+    result = await run_again(kandinsky_emulator, options)
+
+    assert result.complete
+    assert 3 == state.count("submit")
+    assert {job.request_id for job in state.jobs()} == {r.request_id for r in result.rows}
+    assert {job.request_id: 1 for job in state.jobs()} == full_downloads(state)
+
+
+async def test_killed_mid_download_the_video_is_fetched_once_more_only(
+    kandinsky_emulator: Any, tmp_path: Path, killed_run: Callable[..., None]
+) -> None:
+    """Killed halfway through a download: no new submit; that video is downloaded once in full."""
+    state = kandinsky_emulator.state
+    state.inject_fault("media", action="stall", truncate_bytes=1000, stall_seconds=30)
+    manifest = write_manifest(tmp_path / "rows.csv", kandinsky_emulator, 2)
+    options = settings(kandinsky_emulator, manifest, tmp_path)
+    killed_run(options, lambda: any(r.fault == "stall" for r in state.requests("media")))
+    (stalled,) = [r.request_id for r in state.requests("media") if r.fault == "stall"]
+
+    result = await run_again(kandinsky_emulator, options)
+
+    assert result.complete
+    assert 2 == state.count("submit"), "each row once, across both runs"
+    downloads = full_downloads(state)
+    assert 1 == downloads[stalled]
+    assert {1} == set(downloads.values())
+    stored = {r.request_id: r for r in result.rows}
+    assert Path(str(stored[stalled].uri)).stat().st_size == stored[stalled].size_bytes
