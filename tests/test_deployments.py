@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -42,12 +45,21 @@ PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
 PREFECT = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
 WORK_POOL = "kandinsky-process"
 CREDENTIALS_BLOCK = "kandinsky"
-GIVEN_AT_TRIGGER_TIME = {"on-demand": {"prompt", "image_url"}}
-"""Required flow parameters a deployment leaves to ``prefect deployment run --param``."""
+GIVEN_AT_TRIGGER_TIME: dict[str, dict[str, Any]] = {
+    "on-demand": {"prompt": "Waves roll in.", "image_url": "https://example.com/image.png"},
+    "chunks": {"rows": [], "batch_id": "catalogue"},
+}
+"""Required flow parameters a deployment leaves to the run's trigger, with example values."""
 EXPECTED = {
     "on-demand": ("flows/generate.py:generate", "generate-video"),
     "daily": ("flows/scheduled.py:scheduled_video", "scheduled-video"),
+    "nightly": ("flows/batch.py:nightly_batch", "nightly-videos"),
+    "chunks": ("flows/batch.py:chunk", "generate-videos-chunk"),
 }
+SCHEDULED = {"daily": ("0 6 * * *", 6), "nightly": ("0 2 * * *", 2)}
+"""Deployments with a (paused) cron schedule, and the UTC hour it fires."""
+STARTED_BY_OTHERS = {"chunks"}
+"""Deployments that flows start (run_deployment), not people: the walkthrough skips them."""
 
 
 def _prefect_yaml() -> dict[str, Any]:
@@ -108,32 +120,35 @@ def test_parameters_are_valid_for_the_flow_signature(name: str) -> None:
     required = {
         p.name for p in signature.parameters.values() if p.default is inspect.Parameter.empty
     }
-    left_to_trigger = GIVEN_AT_TRIGGER_TIME.get(name, set())
-    assert set() == required - set(parameters) - left_to_trigger
-    assert set() == left_to_trigger & set(parameters)
-    assert CREDENTIALS_BLOCK == parameters["credentials"]
+    trigger_values = GIVEN_AT_TRIGGER_TIME.get(name, {})
+    assert set() == required - set(parameters) - set(trigger_values)
+    assert set() == set(trigger_values) & set(parameters)
+    if name not in STARTED_BY_OTHERS:
+        assert CREDENTIALS_BLOCK == parameters["credentials"]
     assert deployment["enforce_parameter_schema"] is True
-    trigger_values = {p: "https://example.com/image.png" for p in left_to_trigger}
     validated = flow.validate_parameters({**parameters, **trigger_values})
     assert parameters == {k: validated[k] for k in parameters}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 async def test_schedules_are_valid_crons(name: str) -> None:
-    """The daily deployment has one valid, paused cron schedule; on-demand has none."""
-    schedules = _deployment(name).get("schedules") or []
-    if name == "on-demand":
-        assert [] == schedules
+    """Scheduled deployments have one valid, paused cron; the others say they have none."""
+    deployment = _deployment(name)
+    if name not in SCHEDULED:
+        assert [] == deployment["schedules"], "an absent key makes prefect deploy ask"
         return
+    schedules = deployment["schedules"]
+    cron, hour = SCHEDULED[name]
     assert 1 == len(schedules)
     (spec,) = schedules
     RawScheduleConfig.model_validate(spec)
+    assert cron == spec["cron"]
     schedule = CronSchedule(cron=spec["cron"], timezone=spec["timezone"])
     start = datetime(2026, 5, 22, 12, 0, tzinfo=timezone.utc)
     fires = [d.astimezone(timezone.utc) for d in await schedule.get_dates(2, start=start)]
     assert [
-        datetime(2026, 5, 23, 6, 0, tzinfo=timezone.utc),
-        datetime(2026, 5, 24, 6, 0, tzinfo=timezone.utc),
+        datetime(2026, 5, 23, hour, 0, tzinfo=timezone.utc),
+        datetime(2026, 5, 24, hour, 0, tzinfo=timezone.utc),
     ] == fires
     assert spec["active"] is False  # deploying must not start paying
 
@@ -166,11 +181,15 @@ def test_walkthrough_names_what_the_yaml_declares() -> None:
     text = (REPO / "README.md").read_text()
     readme = text[text.index("## Run it as deployments") : text.index("## The emulator")]
     flows = {name: EXPECTED[name][1] for name in EXPECTED}
-    declared = {f"{flows[d['name']]}/{d['name']}" for d in _deployments()}
+    declared = {
+        f"{flows[d['name']]}/{d['name']}"
+        for d in _deployments()
+        if d["name"] not in STARTED_BY_OTHERS
+    }
     assert declared == set(re.findall(r"prefect deployment run (\S+)", readme))
     assert {WORK_POOL} == set(re.findall(r"(?:--pool|work-pool create) (\S+)", readme))
     assert {"deployments/prefect.yaml"} == set(re.findall(r"--prefect-file (\S+)", readme))
-    assert {"daily"} == set(re.findall(r"--prefect-file \S+ --name (\S+)", readme))
+    assert set(SCHEDULED) == set(re.findall(r"--prefect-file \S+ --name (\S+)", readme))
     assert {CREDENTIALS_BLOCK} == set(re.findall(r'\.save\(\s*"([^"]+)"', readme))
 
 
@@ -359,23 +378,26 @@ def _run_deployment(name: str, **parameters: str) -> list[str]:
     return [PREFECT, "deployment", "run", name, *params, *watch]
 
 
-@pytest.mark.e2e
-def test_deployments_run_on_a_process_worker(
-    kandinsky_emulator: EmulatorServer, tmp_path: Path
-) -> None:
-    """Deployed from the YAML, on-demand stores a 25-frame MP4; two runs of one slot pay once."""
+@dataclass
+class _Deployed:
+    """A Prefect server on loopback with the block, the pool and every deployment."""
+
+    api_url: str
+    env: dict[str, str]
+    deploy_output: str
+
+
+@pytest.fixture(scope="module")
+def deployed(
+    kandinsky_emulator_server: EmulatorServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[_Deployed]:
+    """The README walkthrough's steps 1 to 5, once for the module's end-to-end tests."""
+    home = tmp_path_factory.mktemp("e2e")
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    videos = tmp_path / "videos"
-    daily_videos = tmp_path / "daily"
-    small = {
-        "image_url": kandinsky_emulator.sample_image_url,
-        "resolution": "256P",
-        "duration": "1s",
-        "poll_interval_seconds": "0.05",
-    }
-    processes = _Processes(tmp_path / "logs", _isolated_env(tmp_path / "prefect-home", api_url))
-    passed = False
+    env = _isolated_env(home / "prefect-home", api_url)
+    processes = _Processes(home / "logs", env)
+    ready = False
     try:
         server = processes.start(
             "server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
@@ -384,8 +406,8 @@ def test_deployments_run_on_a_process_worker(
         processes.start(
             "save-block",
             [sys.executable, "-c", SAVE_BLOCK],
-            KANDINSKY_API_KEY=kandinsky_emulator.api_key,
-            KANDINSKY_BASE_URL=kandinsky_emulator.base_url,
+            KANDINSKY_API_KEY=kandinsky_emulator_server.api_key,
+            KANDINSKY_BASE_URL=kandinsky_emulator_server.base_url,
         )
         processes.start(
             "work-pool", [PREFECT, "work-pool", "create", WORK_POOL, "--type", "process"]
@@ -395,9 +417,33 @@ def test_deployments_run_on_a_process_worker(
         # accepting prompt defaults must never schedule the paid on-demand deployment.
         deploy = f"{PREFECT} deploy --prefect-file deployments/prefect.yaml --all"
         processes.start("deploy", ["script", "-qec", deploy, "/dev/null"], PREFECT_CLI_PROMPT=None)
-        processes.start("worker", [PREFECT, "worker", "start", "--pool", WORK_POOL])
         processes.wait_ok("deploy")
+        ready = True
+        yield _Deployed(api_url, env, processes.output("deploy"))
+    finally:
+        processes.stop_all()
+        if not ready:
+            processes.dump()
 
+
+@pytest.mark.e2e
+def test_deployments_run_on_a_process_worker(
+    deployed: _Deployed, kandinsky_emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """Deployed from the YAML, on-demand stores a 25-frame MP4; two runs of one slot pay once."""
+    api_url = deployed.api_url
+    videos = tmp_path / "videos"
+    daily_videos = tmp_path / "daily"
+    small = {
+        "image_url": kandinsky_emulator.sample_image_url,
+        "resolution": "256P",
+        "duration": "1s",
+        "poll_interval_seconds": "0.05",
+    }
+    processes = _Processes(tmp_path / "logs", deployed.env)
+    passed = False
+    try:
+        processes.start("worker", [PREFECT, "worker", "start", "--pool", WORK_POOL])
         processes.start(
             "on-demand",
             _run_deployment(
@@ -442,11 +488,87 @@ def test_deployments_run_on_a_process_worker(
             (s["active"], s["schedule"]["cron"]) for s in daily["schedules"]
         ]
         assert [] == deployment["schedules"]
-        assert "Would you like" not in processes.output("deploy"), "prefect deploy asked"
+        assert "Would you like" not in deployed.deploy_output, "prefect deploy asked"
         (summary,) = [a["data"] for a in artifacts if a["type"] == "markdown"]
         assert f"`{stored_videos[0]}`" in summary and "file://" not in summary
         assert "25 frames at 24 fps" in summary
         assert summary.count("data:image/jpeg;base64,") >= 6, "poster and frames are embedded"
+        passed = True
+    finally:
+        processes.stop_all()
+        if not passed:
+            processes.dump()
+
+
+RUN_BATCH = """
+import asyncio, json, sys
+from prefect_kandinsky.batch import generate_videos
+
+options = json.loads(sys.argv[1])
+result = asyncio.run(generate_videos(options.pop("rows"), **options))
+print("COUNTS", json.dumps(result.counts))
+"""
+
+
+@pytest.mark.e2e
+def test_a_batch_shared_by_two_workers_pays_each_row_once(
+    deployed: _Deployed, kandinsky_emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """Two chunks of four rows on two process workers: each row paid once, within the limit."""
+    limit = f"kandinsky-submits-{uuid4().hex[:8]}"
+    with httpx.Client(base_url=deployed.api_url, timeout=10) as api:
+        created = api.post(
+            "/v2/concurrency_limits/",
+            json={"name": limit, "limit": 2, "slot_decay_per_second": 2.0},
+        )
+        assert created.status_code in (200, 201), created.text
+    # Submits take 0.3 s at the gateway, so submits let through at once would overlap there.
+    kandinsky_emulator.configure(submit_latency_seconds=0.3)
+    rows = [
+        {
+            "id": f"row-{n}",
+            "prompt": f"Scene {n}: the waves roll in.",
+            "image": kandinsky_emulator.sample_image_url,
+            "resolution": "256P",
+            "duration": "1s",
+        }
+        for n in range(1, 9)
+    ]
+    options = {
+        "rows": rows,
+        "batch_id": f"e2e-{uuid4().hex[:8]}",
+        "credentials": CREDENTIALS_BLOCK,
+        "destination": str(tmp_path / "videos"),
+        "ledger": str(tmp_path / "ledger"),
+        "chunk_size": 4,
+        "chunk_deployment": "generate-videos-chunk/chunks",
+        "rate_limit": limit,
+        "max_concurrency": 4,  # without the limit, four submits per worker would overlap
+        "poll_interval_seconds": 0.05,
+        "max_poll_interval_seconds": 0.2,
+    }
+    processes = _Processes(tmp_path / "logs", deployed.env)
+    passed = False
+    try:
+        for worker in ("worker-a", "worker-b"):  # one run at a time each: they must share
+            processes.start(
+                worker,
+                [PREFECT, "worker", "start", "--pool", WORK_POOL, "--limit", "1"],
+            )
+        processes.start("batch", [sys.executable, "-c", RUN_BATCH, json.dumps(options)])
+        processes.wait_ok("batch", timeout=RUN_TIMEOUT)
+
+        assert 'COUNTS {"stored": 8}' in processes.output("batch")
+        assert 8 == kandinsky_emulator.state.count("submit")
+        prompts = sorted(job.prompt for job in kandinsky_emulator.state.jobs())
+        assert sorted(row["prompt"] for row in rows) == prompts, "each row submitted once"
+        assert 1 <= kandinsky_emulator.state.max_submits_in_flight <= 2
+        assert 8 == len(list((tmp_path / "videos").glob("*.mp4")))
+        ran = {
+            worker: re.findall(r"flow run '[^']+'", processes.output(worker))
+            for worker in ("worker-a", "worker-b")
+        }
+        assert all(ran.values()), f"both workers ran chunks: {ran}"
         passed = True
     finally:
         processes.stop_all()
