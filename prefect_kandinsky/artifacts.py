@@ -541,17 +541,18 @@ def _money(value: object) -> str:
 
 
 def batch_table(result: BatchResult) -> list[dict[str, object]]:
-    """One row per video: row, status, request id, where, link, seconds, cost, error."""
+    """One row per video: row, status, prompt, seconds, cost, error, request id, where, link."""
     return [
         {
             "row": record.row_id or f"line {record.line}",
             "status": record.state,
-            "request id": record.request_id or "",
-            "stored at": record.uri or "",
-            "link": record.public_url or "",
+            "prompt": short_prompt(record.prompt, 60),
             "seconds": round(record.seconds, 1) if record.seconds is not None else "",
             "cost": _money(record.charged_usd),
             "error": (record.error or "")[:300],
+            "request id": record.request_id or "",
+            "stored at": record.uri or "",
+            "link": record.public_url or "",
         }
         for record in result.rows
     ]
@@ -567,11 +568,11 @@ def batch_markdown(result: BatchResult) -> str:
         f"**{len(stored)} of {len(result.rows)} rows stored**"
         + ("." if result.complete else "; run the batch again to finish the rest, unpaid."),
         "",
-        "| Rows | |",
+        "| State | Rows |",
         "|---|---|",
         *[f"| {state} | {n} |" for state, n in sorted(counts.items())],
         "",
-        "| Spend | |",
+        "| Spend | USD |",
         "|---|---|",
         f"| estimated for this run | {_money(result.estimated_cost_usd)} |",
         f"| charged (all runs, by the documented prices) | {_money(result.charged_usd)} |",
