@@ -1,9 +1,10 @@
-"""The ``prefect-kandinsky`` command: ``demo``, ``generate``, ``batch`` and ``emulator``.
+"""The ``prefect-kandinsky`` command: ``demo``, ``generate``, ``batch``, ``webhooks``, ``emulator``.
 
 ```
 prefect-kandinsky demo                      # one video through the flow, on the built-in emulator
 prefect-kandinsky generate --prompt ... --image URL_OR_PATH [--emulator | --credentials NAME]
 prefect-kandinsky batch MANIFEST [--emulator | --credentials NAME] [--max-cost 20]
+prefect-kandinsky webhooks serve --certfile cert.pem --keyfile key.pem   # callbacks -> events
 prefect-kandinsky emulator --port 8080      # serve the gateway emulator
 ```
 
@@ -176,6 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         "--verbose", action="store_true", help="show Prefect's own log lines as well"
     )
+
+    webhooks = commands.add_parser(
+        "webhooks", help="receive the gateway's callbacks and turn them into Prefect events"
+    )
+    webhook_commands = webhooks.add_subparsers(
+        dest="webhooks_command", required=True, parser_class=_Parser
+    )
+    serve = webhook_commands.add_parser("serve", help="serve the webhook receiver")
+    serve.add_argument(
+        "--credentials",
+        help="name of a saved KandinskyCredentials block with a webhook_secret (default: "
+        "KANDINSKY_API_KEY and KANDINSKY_WEBHOOK_SECRET)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="interface (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8443, help="port (default: %(default)s)")
+    serve.add_argument("--certfile", help="PEM certificate chain, for https")
+    serve.add_argument("--keyfile", help="PEM private key, when not in --certfile")
+    serve.add_argument("--log-level", default="info", help="(default: %(default)s)")
 
     emulator = commands.add_parser("emulator", help="serve the gateway emulator")
     add_emulator_arguments(emulator)
@@ -643,6 +662,28 @@ def _finish_batch(state: Any) -> int:
     return 0
 
 
+def _serve_webhooks(args: argparse.Namespace) -> int:
+    from prefect_kandinsky.webhooks import serve
+
+    credentials = _credentials(argparse.Namespace(credentials=args.credentials), None)
+    if credentials.webhook_secret is None:
+        raise UsageError(
+            "the receiver needs a webhook_secret: set it on the KandinskyCredentials block "
+            "(the same block the flows use), or export KANDINSKY_WEBHOOK_SECRET"
+        )
+    if args.keyfile and not args.certfile:
+        raise UsageError("--keyfile needs --certfile")
+    serve(
+        credentials,
+        host=args.host,
+        port=args.port,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        log_level=args.log_level,
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``prefect-kandinsky``."""
     try:
@@ -653,6 +694,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _generate(args)
         if args.command == "batch":
             return _batch(args)
+        if args.command == "webhooks":
+            return _serve_webhooks(args)
     except UsageError as exc:
         if "prefect" in sys.modules:
             _silence_prefect_console()

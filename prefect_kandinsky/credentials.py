@@ -20,6 +20,7 @@ from prefect_kandinsky.models import DEFAULT_MODEL_ID
 API_KEY_ENV = "KANDINSKY_API_KEY"
 """Environment variable read by ``KandinskyCredentials.from_env``."""
 BASE_URL_ENV = "KANDINSKY_BASE_URL"
+WEBHOOK_SECRET_ENV = "KANDINSKY_WEBHOOK_SECRET"
 
 
 class KandinskyCredentials(CredentialsBlock):
@@ -67,10 +68,17 @@ class KandinskyCredentials(CredentialsBlock):
         ge=0,
         description="Retries of one gateway call on 429, 5xx and connection errors.",
     )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Server secret that signs the tokens of webhook callback URLs and that "
+        "the webhook receiver checks them with; without it the receiver refuses every "
+        "callback.",
+    )
 
     @classmethod
     def from_env(cls) -> KandinskyCredentials:
-        """Build credentials from ``KANDINSKY_API_KEY`` (and ``KANDINSKY_BASE_URL``)."""
+        """Build credentials from ``KANDINSKY_API_KEY`` (``KANDINSKY_BASE_URL``,
+        ``KANDINSKY_WEBHOOK_SECRET``)."""
         import os
 
         key = os.environ.get(API_KEY_ENV, "")
@@ -79,9 +87,11 @@ class KandinskyCredentials(CredentialsBlock):
                 f"{API_KEY_ENV} is not set: export your gateway subscription key, or load a "
                 "saved block with KandinskyCredentials.load(...)"
             )
+        secret = os.environ.get(WEBHOOK_SECRET_ENV, "").strip()
         return cls(
             api_key=SecretStr(key),
             base_url=os.environ.get(BASE_URL_ENV, DEFAULT_BASE_URL),
+            webhook_secret=SecretStr(secret) if secret else None,
         )
 
     def get_client(

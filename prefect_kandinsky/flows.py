@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from prefect import flow
 from prefect.blocks.core import Block
@@ -22,6 +22,7 @@ from prefect_kandinsky.credentials import KandinskyCredentials
 from prefect_kandinsky.exceptions import KandinskySystemError
 from prefect_kandinsky.models import (
     AccelerationParam,
+    CompletedVideo,
     DurationParam,
     HttpUrlParam,
     PersistedVideo,
@@ -34,6 +35,7 @@ from prefect_kandinsky.models import (
 )
 from prefect_kandinsky.storage import Destination
 from prefect_kandinsky.tasks import await_video, persist_video, submit_video
+from prefect_kandinsky.waits import check_can_suspend, suspend_until_done
 
 _BLOCK_REF = re.compile(r"^(?P<slug>[a-z0-9-]+)/(?P<name>[A-Za-z0-9_.-]+)$")
 _STORAGE_BLOCK_SLUGS = frozenset(
@@ -96,6 +98,8 @@ async def generate_video(
     max_poll_interval_seconds: Annotated[float, Field(gt=0)] = DEFAULT_MAX_POLL_INTERVAL,
     webhook_url: str | None = None,
     webhook_mode: WebhookMode | None = None,
+    webhook_base_url: str | None = None,
+    wait: Literal["poll", "events", "suspend"] = "poll",
     resubmit_on_system_error: bool = False,
     rate_limit: str | None = None,
 ) -> PersistedVideo:
@@ -130,6 +134,13 @@ async def generate_video(
         max_poll_interval_seconds: Cap of the wait between two status reads.
         webhook_url: An https endpoint the gateway POSTs the job's status to.
         webhook_mode: "terminal" (one callback at the end) or "sync" (one per poll cycle).
+        webhook_base_url: The public https address of the package's webhook receiver; each
+            job's callback URL is built from it (see ``submit_video``). Needed for
+            ``wait="events"`` and ``wait="suspend"``.
+        wait: How to wait for the render: ``poll`` reads the status (holds the worker);
+            ``events`` waits on Prefect's event stream (holds a process, reads almost
+            nothing); ``suspend`` suspends this flow run, which frees its process and worker
+            slot, until the completion event resumes it (deployment runs only).
         resubmit_on_system_error: Submit once more if the gateway reports a system error
             (ERROR, documented as not charged).
         rate_limit: A Prefect global concurrency limit (with slot decay) that every submit
@@ -177,21 +188,39 @@ async def generate_video(
             check_image=check_image,
             webhook_url=webhook_url,
             webhook_mode=webhook_mode,
+            webhook_base_url=webhook_base_url,
         )
 
-    wait = {
-        "timeout_seconds": wait_timeout_seconds,
-        "poll_interval": poll_interval_seconds,
-        "max_poll_interval": max_poll_interval_seconds,
-    }
+    async def finish(job: VideoJob) -> CompletedVideo:
+        if wait == "suspend":
+            async with creds.get_client(logger=logger) as client:
+                await suspend_until_done(
+                    client, job.request_id, timeout_seconds=wait_timeout_seconds
+                )
+        return await await_video(
+            job,
+            creds,
+            timeout_seconds=wait_timeout_seconds,
+            poll_interval=poll_interval_seconds,
+            max_poll_interval=max_poll_interval_seconds,
+            wait="events" if wait == "events" else "poll",
+        )
+
+    if wait != "poll" and webhook_base_url is None and webhook_url is None:
+        raise ValueError(
+            f"wait={wait!r} waits for the webhook receiver's events: pass webhook_base_url "
+            "(the receiver's public https address), or use wait='poll'"
+        )
+    if wait == "suspend":
+        check_can_suspend()
     job = await submit(idempotency_key)
     try:
-        video = await await_video(job, creds, **wait)
+        video = await finish(job)
     except KandinskySystemError as exc:
         if not resubmit_on_system_error:
             raise
         logger.warning("%s; submitting once more (system errors are not charged)", exc)
         scope = idempotency_key or f"flow-run-{runtime_flow_run.id}"
         job = await submit(f"{scope}-resubmit-after-system-error")
-        video = await await_video(job, creds, **wait)
+        video = await finish(job)
     return await persist_video(video, creds, target, filename=filename, overwrite=overwrite)

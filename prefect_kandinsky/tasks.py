@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
 
 from prefect import Task, task
 from prefect.cache_policies import CachePolicy
@@ -25,6 +25,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.asyncio import rate_limit as acquire_rate_limit
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run as runtime_flow_run
 from prefect.runtime import task_run as runtime_task_run
 from prefect.utilities.hashing import hash_objects
 
@@ -63,6 +64,7 @@ from prefect_kandinsky.models import (
     gateway_timings,
 )
 from prefect_kandinsky.storage import Destination, destination_key, persist_media
+from prefect_kandinsky.waits import DEFAULT_SAFETY_POLL_SECONDS, wait_for_event
 
 AWAIT_CACHE_EXPIRATION = timedelta(hours=6)
 """How long a completed status is reused. Re-reading a status is free, and it refreshes
@@ -142,7 +144,7 @@ class SubmitCachePolicy(_InputsKeyPolicy):
             scope,
             request.to_payload(),
             _gateway_identity(inputs.get("credentials")),
-            inputs.get("webhook_url"),
+            inputs.get("webhook_url") or inputs.get("webhook_base_url"),
             *((("take", take),) if take != 1 else ()),
         )
 
@@ -263,6 +265,25 @@ async def _checked_input(url: str, logger: Any) -> str | None:
     return thumbnail.data_uri() if thumbnail is not None else None
 
 
+def _callback_url(base_url: str, given: str | None, credentials: KandinskyCredentials) -> str:
+    from prefect_kandinsky.webhooks import callback_url
+
+    if given is not None:
+        raise ValueError("pass webhook_url or webhook_base_url, not both")
+    if credentials.webhook_secret is None:
+        raise ValueError(
+            "webhook_base_url needs a webhook_secret on the KandinskyCredentials block (the "
+            "receiver checks each callback's token with it): set one, the same the receiver "
+            "uses, or KANDINSKY_WEBHOOK_SECRET"
+        )
+    return callback_url(
+        base_url,
+        credentials.webhook_secret,
+        flow_run_id=runtime_flow_run.id,
+        allow_http=base_url.startswith("http://127.0.0.1"),
+    )
+
+
 @task(
     name="submit-video",
     task_run_name=_submit_run_name,
@@ -286,6 +307,7 @@ async def submit_video(
     take: int = 1,
     webhook_url: str | None = None,
     webhook_mode: WebhookMode | None = None,
+    webhook_base_url: str | None = None,
     rate_limit: str | None = None,
     check_image: bool = True,
 ) -> VideoJob:
@@ -312,6 +334,10 @@ async def submit_video(
             same take is submitted once, each other take is a new paid video.
         webhook_url: An https endpoint the gateway POSTs the final status to.
         webhook_mode: "terminal" or "sync".
+        webhook_base_url: The public https address of the package's webhook receiver
+            (``prefect-kandinsky webhooks serve``): the job's callback URL is built from it,
+            with a token signed by the credentials' ``webhook_secret``, and names this flow
+            run, so that the job's completion becomes a Prefect event about it.
         rate_limit: The name of a Prefect global concurrency limit with slot decay; each
             submit takes one slot first, so every worker shares one gateway rate. The limit
             must exist (``prefect gcl create kandinsky-submits --limit 10
@@ -359,6 +385,8 @@ async def submit_video(
     )
     creds = _credentials(credentials)
     logger = get_run_logger()
+    if webhook_base_url is not None:
+        webhook_url = _callback_url(webhook_base_url, webhook_url, creds)
     preview = await _checked_input(video.image_url, logger) if check_image else None
     logger.info(
         "Submitting %s %s video (estimated cost %s)",
@@ -400,6 +428,8 @@ async def await_video(
     timeout_seconds: float = DEFAULT_WAIT_TIMEOUT_SECONDS,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
     max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
+    wait: Literal["poll", "events"] = "poll",
+    safety_poll_seconds: float = DEFAULT_SAFETY_POLL_SECONDS,
 ) -> CompletedVideo:
     """Wait until a generation completes; show its progress as an artifact.
 
@@ -414,6 +444,11 @@ async def await_video(
         timeout_seconds: Seconds to wait before raising ``KandinskyWaitTimeoutError``.
         poll_interval: First wait between two status reads, in seconds.
         max_poll_interval: Cap of the wait between status reads, in seconds.
+        wait: ``poll`` reads the status until the job ends; ``events`` waits on Prefect's
+            event stream for the job's ``kandinsky.video.*`` event from the webhook receiver
+            (submit with ``webhook_base_url``) and reads the status when one comes.
+        safety_poll_seconds: With ``wait="events"``, read the status this often anyway, in
+            case a callback is lost.
 
     Returns:
         The completed video: media URLs, media type, timeline, queue and processing seconds.
@@ -459,15 +494,25 @@ async def await_video(
 
     try:
         async with creds.get_client(logger=logger) as client:
-            final = await client.wait(
-                request_id,
-                timeout=timeout_seconds,
-                poll_interval=poll_interval,
-                max_poll_interval=max_poll_interval,
-                on_change=on_change,
-                on_poll=on_poll,
-                raise_on_failure=False,
-            )
+            if wait == "events":
+                final = await wait_for_event(
+                    client,
+                    request_id,
+                    timeout=timeout_seconds,
+                    safety_poll_seconds=safety_poll_seconds,
+                    on_change=on_change,
+                    on_poll=on_poll,
+                )
+            else:
+                final = await client.wait(
+                    request_id,
+                    timeout=timeout_seconds,
+                    poll_interval=poll_interval,
+                    max_poll_interval=max_poll_interval,
+                    on_change=on_change,
+                    on_poll=on_poll,
+                    raise_on_failure=False,
+                )
         raise_for_outcome(final)
     except KandinskyJobError as exc:
         await progress.fail(exc)

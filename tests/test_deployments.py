@@ -55,11 +55,13 @@ EXPECTED = {
     "daily": ("flows/scheduled.py:scheduled_video", "scheduled-video"),
     "nightly": ("flows/batch.py:nightly_batch", "nightly-videos"),
     "chunks": ("flows/batch.py:chunk", "generate-videos-chunk"),
+    "every-5-minutes": ("flows/sweep.py:sweep", "sweep-videos"),
 }
 SCHEDULED = {"daily": ("0 6 * * *", 6), "nightly": ("0 2 * * *", 2)}
 """Deployments with a (paused) cron schedule, and the UTC hour it fires."""
-STARTED_BY_OTHERS = {"chunks"}
-"""Deployments that flows start (run_deployment), not people: the walkthrough skips them."""
+NOT_RUN_BY_HAND = {"chunks", "every-5-minutes"}
+"""Deployments started by flows (run_deployment) or by their schedule: the walkthrough does not
+run them by hand."""
 
 
 def _prefect_yaml() -> dict[str, Any]:
@@ -123,7 +125,7 @@ def test_parameters_are_valid_for_the_flow_signature(name: str) -> None:
     trigger_values = GIVEN_AT_TRIGGER_TIME.get(name, {})
     assert set() == required - set(parameters) - set(trigger_values)
     assert set() == set(trigger_values) & set(parameters)
-    if name not in STARTED_BY_OTHERS:
+    if name not in NOT_RUN_BY_HAND:
         assert CREDENTIALS_BLOCK == parameters["credentials"]
     assert deployment["enforce_parameter_schema"] is True
     validated = flow.validate_parameters({**parameters, **trigger_values})
@@ -134,6 +136,11 @@ def test_parameters_are_valid_for_the_flow_signature(name: str) -> None:
 async def test_schedules_are_valid_crons(name: str) -> None:
     """Scheduled deployments have one valid, paused cron; the others say they have none."""
     deployment = _deployment(name)
+    if name == "every-5-minutes":  # free (status reads only), so on from the start
+        (spec,) = deployment["schedules"]
+        RawScheduleConfig.model_validate(spec)
+        assert (300, True) == (spec["interval"], spec["active"])
+        return
     if name not in SCHEDULED:
         assert [] == deployment["schedules"], "an absent key makes prefect deploy ask"
         return
@@ -184,7 +191,7 @@ def test_walkthrough_names_what_the_yaml_declares() -> None:
     declared = {
         f"{flows[d['name']]}/{d['name']}"
         for d in _deployments()
-        if d["name"] not in STARTED_BY_OTHERS
+        if d["name"] not in NOT_RUN_BY_HAND
     }
     assert declared == set(re.findall(r"prefect deployment run (\S+)", readme))
     assert {WORK_POOL} == set(re.findall(r"(?:--pool|work-pool create) (\S+)", readme))
@@ -250,9 +257,12 @@ import os
 from prefect_kandinsky import KandinskyCredentials
 
 KandinskyCredentials(
-    api_key=os.environ["KANDINSKY_API_KEY"], base_url=os.environ["KANDINSKY_BASE_URL"]
+    api_key=os.environ["KANDINSKY_API_KEY"],
+    base_url=os.environ["KANDINSKY_BASE_URL"],
+    webhook_secret=os.environ["KANDINSKY_WEBHOOK_SECRET"],
 ).save("kandinsky", overwrite=True)
 """
+WEBHOOK_SECRET = "e2e-webhook-secret"
 SERVER_START_TIMEOUT = 120.0
 COMMAND_TIMEOUT = 120.0
 RUN_TIMEOUT = 180
@@ -408,6 +418,7 @@ def deployed(
             [sys.executable, "-c", SAVE_BLOCK],
             KANDINSKY_API_KEY=kandinsky_emulator_server.api_key,
             KANDINSKY_BASE_URL=kandinsky_emulator_server.base_url,
+            KANDINSKY_WEBHOOK_SECRET=WEBHOOK_SECRET,
         )
         processes.start(
             "work-pool", [PREFECT, "work-pool", "create", WORK_POOL, "--type", "process"]
@@ -574,3 +585,160 @@ def test_a_batch_shared_by_two_workers_pays_each_row_once(
         processes.stop_all()
         if not passed:
             processes.dump()
+
+
+def _flow_run_state(api_url: str, flow_run_id: str) -> dict[str, Any]:
+    with httpx.Client(base_url=api_url, timeout=10) as api:
+        state: dict[str, Any] = api.get(f"/flow_runs/{flow_run_id}").json()["state"]
+        return state
+
+
+def _until(what: str, check: Any, timeout: float = RUN_TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.2)
+    return found
+
+
+def _started_run(processes: _Processes, name: str) -> str:
+    processes.wait_ok(name)
+    match = re.search(r"UUID: ([0-9a-f-]{36})", processes.output(name))
+    assert match, processes.output(name)
+    return match.group(1)
+
+
+@pytest.mark.e2e
+def test_a_suspended_run_holds_nothing_until_its_video_is_done(
+    deployed: _Deployed, kandinsky_emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """Submit, suspend with no process left, resume on the completion event; a lost one is swept."""
+    import trustme
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "receiver.pem")
+    )
+    kandinsky_emulator.configure(
+        webhook_ca_file=str(tmp_path / "ca.pem"), queue_seconds=0.2, processing_seconds=8.0
+    )
+    port = _free_port()
+    receiver_url = f"https://127.0.0.1:{port}"
+    videos = tmp_path / "videos"
+    processes = _Processes(tmp_path / "logs", deployed.env)
+    passed = False
+    try:
+        processes.start(
+            "receiver",
+            [
+                str(Path(sys.executable).with_name("prefect-kandinsky")),
+                "webhooks",
+                "serve",
+                "--credentials",
+                CREDENTIALS_BLOCK,
+                "--certfile",
+                str(tmp_path / "receiver.pem"),
+                "--port",
+                str(port),
+            ],
+        )
+        _until(
+            "the receiver answers",
+            lambda: _healthy(f"{receiver_url}/healthz", str(tmp_path / "ca.pem")),
+            timeout=60,
+        )
+        processes.start("worker", [PREFECT, "worker", "start", "--pool", WORK_POOL])
+        small = {
+            "prompt": "The hot-air balloon rises over the valley.",
+            "image_url": kandinsky_emulator.sample_image_url,
+            "resolution": "256P",
+            "duration": "1s",
+            "destination": str(videos),
+            "wait": "suspend",
+            "poll_interval_seconds": "0.05",
+        }
+        trigger = [PREFECT, "deployment", "run", "generate-video/on-demand"]
+        processes.start(
+            "run",
+            [*trigger, *_params(small, webhook_base_url=receiver_url)],
+        )
+        run_id = _started_run(processes, "run")
+
+        suspended = _until(
+            "the run is suspended",
+            lambda: (
+                (state := _flow_run_state(deployed.api_url, run_id))["type"] == "PAUSED" and state
+            ),
+        )
+        assert "Suspended" == suspended["name"]
+        worker = processes.started["worker"]
+        _until(
+            "the flow-run process exits",
+            lambda: not _descendants(worker.pid),
+            timeout=15,
+        )
+        (job,) = kandinsky_emulator.state.jobs()
+        assert "PROCESSING" == kandinsky_emulator.state.job(job.request_id).status.value, (
+            "no flow-run process is alive while the video renders"
+        )
+
+        final = _until(
+            "the completion event resumes and finishes the run",
+            lambda: (
+                (state := _flow_run_state(deployed.api_url, run_id))["type"]
+                in ("COMPLETED", "FAILED", "CRASHED")
+                and state
+            ),
+        )
+        assert "COMPLETED" == final["type"], final
+        assert 1 == kandinsky_emulator.state.count("submit")
+        (stored,) = videos.glob("*.mp4")
+        assert 25 == _frames(stored)
+
+        # The same, with a callback that never comes: the sweep resumes the run.
+        lost = _free_port()
+        processes.start(
+            "lost",
+            [*trigger, *_params(small, webhook_base_url=f"https://127.0.0.1:{lost}")],
+        )
+        lost_id = _started_run(processes, "lost")
+        _until(
+            "the second run is suspended",
+            lambda: _flow_run_state(deployed.api_url, lost_id)["type"] == "PAUSED",
+        )
+        second = kandinsky_emulator.state.jobs()[-1]
+        kandinsky_emulator.state.wait_for_status(second.request_id, timeout=60)
+        assert "PAUSED" == _flow_run_state(deployed.api_url, lost_id)["type"], "no event came"
+        processes.start(
+            "sweep",
+            _run_deployment("sweep-videos/every-5-minutes", after_seconds="0"),
+        )
+        processes.wait_ok("sweep", timeout=RUN_TIMEOUT)
+        swept = _until(
+            "the sweep resumes the second run",
+            lambda: (
+                (state := _flow_run_state(deployed.api_url, lost_id))["type"]
+                in ("COMPLETED", "FAILED", "CRASHED")
+                and state
+            ),
+        )
+        assert "COMPLETED" == swept["type"], swept
+        assert 2 == kandinsky_emulator.state.count("submit")
+        assert WEBHOOK_SECRET not in processes.output("receiver")
+        assert kandinsky_emulator.api_key not in processes.output("receiver")
+        passed = True
+    finally:
+        processes.stop_all()
+        if not passed:
+            processes.dump()
+
+
+def _params(values: dict[str, str], **more: str) -> list[str]:
+    return [arg for k, v in {**values, **more}.items() for arg in ("--param", f"{k}={v}")]
+
+
+def _healthy(url: str, ca_file: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(url, verify=ca_file, timeout=2).status_code == 200
+    return False

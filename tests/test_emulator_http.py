@@ -1006,3 +1006,18 @@ def test_cli_serves_until_interrupted() -> None:
         if process.stderr:
             process.stderr.close()
     assert 0 == code
+
+
+def test_cli_sets_a_webhook_ca_file_that_must_exist(tmp_path: Any) -> None:
+    """``--webhook-ca-file`` reaches the configuration; a missing file is refused by name."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("-----BEGIN CERTIFICATE-----\n")
+
+    config = config_from_args(parser.parse_args(["--webhook-ca-file", str(ca_file)]))
+
+    assert str(ca_file) == config.webhook_ca_file == config.to_json()["webhook_ca_file"]
+    assert config_from_args(parser.parse_args([])).webhook_ca_file is None
+    with pytest.raises(ValueError, match="webhook_ca_file must name a PEM file.*missing.pem"):
+        EmulatorConfig(webhook_ca_file=str(tmp_path / "missing.pem"))

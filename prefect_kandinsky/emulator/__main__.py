@@ -120,6 +120,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.submit_latency_seconds,
         help="time the gateway takes to answer a submit, after queueing it (default: %(default)s)",
     )
+    parser.add_argument(
+        "--webhook-ca-file",
+        default=None,
+        metavar="PEM",
+        help="CA certificates to trust, besides the system's, when posting https callbacks",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
@@ -135,6 +141,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         media_ttl_seconds=args.media_ttl_seconds,
         allow_http_webhooks=args.allow_http_webhooks,
         submit_latency_seconds=args.submit_latency_seconds,
+        webhook_ca_file=args.webhook_ca_file,
     )
 
 

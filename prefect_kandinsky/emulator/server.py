@@ -36,6 +36,7 @@ import contextlib
 import logging
 import queue
 import socket
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -261,21 +262,38 @@ class EmulatorEngine:
 
     def _webhook_loop(self) -> None:
         webhooks = self._webhooks
-        with httpx.Client(
-            timeout=self.webhook_timeout, headers={"User-Agent": USER_AGENT}
-        ) as client:
+        # One client per trusted CA file (``EmulatorConfig.webhook_ca_file`` can change at run
+        # time), built on first use.
+        clients: dict[str | None, httpx.Client] = {}
+        try:
             while True:
                 message = webhooks.get()
                 if message is None:
                     return
+                ca_file = self.state.config.webhook_ca_file
                 try:
+                    client = clients.get(ca_file)
+                    if client is None:
+                        client = clients[ca_file] = self._webhook_client(ca_file)
                     response = client.post(message.url, json=message.payload)
-                except httpx.HTTPError as exc:
+                except (httpx.HTTPError, OSError) as exc:  # OSError: an unreadable CA file
                     self.state.record_webhook_delivery(
                         message, response_code=None, error=str(exc) or type(exc).__name__
                     )
                 else:
                     self.state.record_webhook_delivery(message, response_code=response.status_code)
+        finally:
+            for client in clients.values():
+                client.close()
+
+    def _webhook_client(self, ca_file: str | None) -> httpx.Client:
+        verify: ssl.SSLContext | bool = True
+        if ca_file is not None:
+            verify = ssl.create_default_context()
+            verify.load_verify_locations(cafile=ca_file)
+        return httpx.Client(
+            timeout=self.webhook_timeout, headers={"User-Agent": USER_AGENT}, verify=verify
+        )
 
 
 # --------------------------------------------------------------------------------------------

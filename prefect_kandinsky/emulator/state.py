@@ -232,6 +232,9 @@ class EmulatorConfig:
     submit_latency_seconds: float = 0.0
     """Time the gateway takes to answer a submit (after queueing it, before the 202), so that
     several submits can be in flight at once."""
+    webhook_ca_file: str | None = None
+    """A PEM file of CA certificates trusted, besides the system's, when callbacks are posted
+    over https (e.g. a test CA that signed a local receiver's certificate)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "api_keys", frozenset(self.api_keys))
@@ -254,6 +257,11 @@ class EmulatorConfig:
             )
         if self.balance_usd < 0:
             raise ValueError(f"balance_usd must be zero or more; got {self.balance_usd}")
+        if self.webhook_ca_file is not None and not os.path.isfile(self.webhook_ca_file):
+            raise ValueError(
+                f"webhook_ca_file must name a PEM file of CA certificates; got "
+                f"{self.webhook_ca_file!r}"
+            )
 
     @classmethod
     def fast(cls, **changes: Any) -> EmulatorConfig:
@@ -290,6 +298,10 @@ class EmulatorConfig:
                 changes[name] = value
             elif name == "balance_usd":
                 changes[name] = _decimal(value, name)
+            elif name == "webhook_ca_file":
+                if value is not None and not isinstance(value, str):
+                    raise ValueError(f"{name} must be a file path or null; got {value!r}")
+                changes[name] = value
             elif name == "media_ttl_seconds" and value is None:
                 changes[name] = None
             elif name in (
@@ -320,6 +332,7 @@ class EmulatorConfig:
             "allow_http_webhooks": self.allow_http_webhooks,
             "duplicate_webhooks": self.duplicate_webhooks,
             "submit_latency_seconds": self.submit_latency_seconds,
+            "webhook_ca_file": self.webhook_ca_file,
         }
 
 

@@ -1,0 +1,316 @@
+"""Three ways to wait for a render, one result: poll, the event stream, or suspend.
+
+```
+                 ┌──────── poll ──────── status reads every 2 s, growing to 8 s (holds a worker)
+submit ──> job ──┼──────── events ────── waits on Prefect's event stream for the job's
+                 │                       kandinsky.video.* event; slow status reads as a safety
+                 │                       net (holds a process, almost no requests)
+                 └──────── suspend ───── the flow run suspends and its process exits; the
+                                         completion event resumes it through an automation;
+                                         it runs again from the start, its submit cached, and
+                                         stores the video (holds nothing while it renders)
+
+gateway ──https callback──> receiver (webhooks.py) ──confirm by a status read──> Prefect event
+```
+
+The events come from the package's webhook receiver (``prefect-kandinsky webhooks serve``):
+the submit names it as the job's callback, and it turns each confirmed status into an event
+``kandinsky.video.<status>`` about the resource ``kandinsky.request.<request id>``, related
+to the waiting flow run. Waiting on events or suspending needs that receiver reachable by the
+gateway over https; polling needs nothing.
+
+A callback can be lost. The event wait reads the status itself every
+``safety_poll_seconds``; a suspended run whose event never came is resumed by the
+``sweep-videos`` flow (:func:`sweep_videos`), which reads the status of every suspended run's
+job and resumes those that ended. Schedule it (see ``deployments/prefect.yaml``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, Literal
+from uuid import UUID
+
+from prefect import flow
+from prefect.logging import get_run_logger
+
+from prefect_kandinsky._constants import DEFAULT_WAIT_TIMEOUT_SECONDS
+from prefect_kandinsky.client import KandinskyClient
+from prefect_kandinsky.credentials import KandinskyCredentials
+from prefect_kandinsky.exceptions import KandinskyError, KandinskyWaitTimeoutError
+from prefect_kandinsky.models import JobStatus, StatusResponse
+from prefect_kandinsky.webhooks import EVENT_PREFIX, resource_id
+
+WaitMode = Literal["poll", "events", "suspend"]
+"""How a flow waits for a render: status reads, Prefect events, or a suspended flow run."""
+WAIT_MODES: tuple[str, ...] = ("poll", "events", "suspend")
+
+RESUME_AUTOMATION_NAME = "kandinsky-resume-on-video-done"
+"""The automation that resumes a suspended flow run when its video's job ends."""
+SUSPEND_KEY_PREFIX = "kandinsky-wait-"
+"""Suspended flow runs waiting for a video carry this pause key, then the request id."""
+DEFAULT_SAFETY_POLL_SECONDS = 60.0
+"""While waiting on events, the status is read this often anyway, in case a callback is lost."""
+DEFAULT_SWEEP_AFTER_SECONDS = 120.0
+"""The sweep leaves alone flow runs suspended more recently than this."""
+PAGE_SIZE = 200
+"""Flow runs read per request (the most the Prefect API returns at once)."""
+TERMINAL_EVENTS = frozenset(
+    f"{EVENT_PREFIX}{status.value.lower()}"
+    for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ERROR)
+)
+
+_logger = logging.getLogger("prefect_kandinsky.waits")
+
+StatusCallback = Callable[[StatusResponse], "Awaitable[None] | None"]
+
+
+def suspend_key(request_id: str) -> str:
+    """The pause key of a flow run suspended until ``request_id`` ends."""
+    return f"{SUSPEND_KEY_PREFIX}{request_id}"
+
+
+# -- the event stream ----------------------------------------------------------------------
+
+
+async def wait_for_event(
+    client: KandinskyClient,
+    request_id: str,
+    *,
+    timeout: float = DEFAULT_WAIT_TIMEOUT_SECONDS,
+    safety_poll_seconds: float = DEFAULT_SAFETY_POLL_SECONDS,
+    on_change: StatusCallback | None = None,
+    on_poll: StatusCallback | None = None,
+) -> StatusResponse:
+    """Wait for the job's end on Prefect's event stream; read the status when an event comes.
+
+    The subscription starts before the first status read, so an event that comes in between
+    is not missed. Every event is confirmed (and its media links refreshed) by a status
+    read; without events the status is read every ``safety_poll_seconds``. Returns the final
+    status like ``KandinskyClient.wait(raise_on_failure=False)``.
+
+    Raises:
+        KandinskyWaitTimeoutError: the deadline passed while the job still runs.
+    """
+    from prefect.events.clients import get_events_subscriber
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    if safety_poll_seconds <= 0:
+        raise ValueError(f"safety_poll_seconds must be positive; got {safety_poll_seconds!r}")
+    started = time.monotonic()
+    deadline = started + timeout
+    last: StatusResponse | None = None
+    events = EventFilter(
+        event=EventNameFilter(prefix=[EVENT_PREFIX]),
+        resource=EventResourceFilter(id=[resource_id(request_id)]),
+    )
+    async with get_events_subscriber(filter=events) as subscriber:
+        stream = aiter(subscriber)
+        while True:
+            current = await client.get_status(request_id)
+            if last is None or current.status is not last.status:
+                await _call(on_change, current)
+            await _call(on_poll, current)
+            last = current
+            if current.status.is_terminal:
+                return current
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                waited = time.monotonic() - started
+                raise KandinskyWaitTimeoutError(
+                    f"Generation {request_id} is still {current.status.value} after "
+                    f"{waited:.0f}s; it goes on at the gateway: wait again with this request "
+                    "id instead of submitting a new job",
+                    request_id=request_id,
+                    status=current.status,
+                    waited_seconds=waited,
+                )
+            try:
+                event = await asyncio.wait_for(
+                    anext(stream), timeout=min(safety_poll_seconds, remaining)
+                )
+            except asyncio.TimeoutError:
+                continue  # the safety net: read the status anyway
+            _logger.debug("Event %s for %s", event.event, request_id)
+
+
+async def _call(callback: StatusCallback | None, status: StatusResponse) -> None:
+    if callback is None:
+        return
+    result = callback(status)
+    if result is not None:
+        await result
+
+
+# -- suspending ---------------------------------------------------------------------------
+
+
+async def ensure_resume_automation() -> UUID:
+    """Create (once) the automation that resumes suspended runs when their video ends.
+
+    It reacts to ``kandinsky.video.completed``, ``.failed`` and ``.error`` about any
+    ``kandinsky.request.*`` resource, one bucket per request, and resumes the flow run the
+    event names as related resource. Returns its id.
+    """
+    from prefect.automations import Automation
+    from prefect.events.actions import ResumeFlowRun
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    try:
+        existing = await Automation.aread(name=RESUME_AUTOMATION_NAME)
+    except ValueError:
+        existing = None
+    if existing is not None and existing.id is not None:
+        return existing.id
+    automation = Automation(
+        name=RESUME_AUTOMATION_NAME,
+        description=(
+            "Resumes a flow run suspended until its Kandinsky video is done, when the "
+            "webhook receiver reports the job's end (prefect-kandinsky)."
+        ),
+        trigger=EventTrigger(
+            expect=set(TERMINAL_EVENTS),
+            match={"prefect.resource.id": f"{resource_id('')}*"},
+            match_related={"prefect.resource.role": "flow-run"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[ResumeFlowRun()],
+    )
+    created = await automation.acreate()
+    assert created.id is not None
+    return created.id
+
+
+async def suspend_until_done(
+    client: KandinskyClient, request_id: str, *, timeout_seconds: float
+) -> None:
+    """Suspend this flow run until the job ends; return at once if it already has.
+
+    The process exits here (Prefect's ``suspend_flow_run``); the completion event resumes
+    the run, which starts again from the top and passes this point, since a suspend with the
+    same key is not made twice. Needs a deployment run that is not a subflow.
+    """
+    from prefect.flow_runs import asuspend_flow_run
+
+    check_can_suspend()
+    await ensure_resume_automation()
+    status = await client.get_status(request_id)
+    if status.status.is_terminal:
+        return
+    get_run_logger().info(
+        "Suspending until generation %s is done (it is %s); nothing runs meanwhile",
+        request_id,
+        status.status.value,
+    )
+    await asuspend_flow_run(key=suspend_key(request_id), timeout=int(timeout_seconds))
+
+
+def check_can_suspend() -> None:
+    """Refuse, before anything is paid, to suspend what cannot be resumed by its worker."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    if run is None or run.deployment_id is None:  # a subflow has no deployment of its own
+        raise ValueError(
+            "wait='suspend' needs a flow run of a deployment that is not a subflow: its worker "
+            "starts it again when the video is done; here use wait='events' or wait='poll'"
+        )
+
+
+# -- the sweep ----------------------------------------------------------------------------
+
+
+@flow(name="sweep-videos")
+async def sweep_videos(
+    credentials: KandinskyCredentials | str | None = None,
+    after_seconds: float = DEFAULT_SWEEP_AFTER_SECONDS,
+    limit: int = 500,
+) -> dict[str, int]:
+    """Resume suspended runs whose video is done but whose completion event never came.
+
+    A lost callback (the receiver was down, the network failed, the gateway gave up) leaves a
+    flow run suspended although its job ended. This flow reads the status of the job of every
+    run suspended for longer than ``after_seconds`` and resumes those that ended; the resumed
+    run reads the status itself and stores the video (or fails with the job's error).
+
+    Args:
+        credentials: A ``KandinskyCredentials`` block or its name; ``KANDINSKY_API_KEY`` when
+            omitted.
+        after_seconds: Leave alone runs suspended more recently than this.
+        limit: At most this many suspended runs per sweep.
+
+    Returns:
+        How many suspended runs were seen, resumed, left running, or could not be read.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import aresume_flow_run
+
+    from prefect_kandinsky.flows import load_credentials
+
+    logger = get_run_logger()
+    creds = await load_credentials(credentials)
+    counts = {"suspended": 0, "resumed": 0, "running": 0, "unreadable": 0}
+    paused = FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+    )
+    runs: list[Any] = []
+    async with get_client() as prefect:
+        while len(runs) < limit:
+            page = await prefect.read_flow_runs(
+                flow_run_filter=paused, limit=min(PAGE_SIZE, limit - len(runs)), offset=len(runs)
+            )
+            runs += page
+            if len(page) < PAGE_SIZE:
+                break
+    async with creds.get_client(logger=logger) as client:
+        for run in runs:
+            state = run.state
+            key = (state.state_details.pause_key or "") if state else ""
+            if not key.startswith(SUSPEND_KEY_PREFIX) or state is None:
+                continue
+            if state.timestamp and (
+                (time.time() - state.timestamp.timestamp()) < after_seconds
+            ):
+                continue
+            counts["suspended"] += 1
+            request_id = key.removeprefix(SUSPEND_KEY_PREFIX)
+            try:
+                status = await client.get_status(request_id)
+            except KandinskyError as exc:
+                counts["unreadable"] += 1
+                logger.warning("Could not read %s of flow run %s: %s", request_id, run.id, exc)
+                continue
+            if not status.status.is_terminal:
+                counts["running"] += 1
+                continue
+            logger.info(
+                "Resuming flow run %s: generation %s is %s and no event resumed it",
+                run.name,
+                request_id,
+                status.status.value,
+            )
+            await aresume_flow_run(run.id)
+            counts["resumed"] += 1
+    return counts
+
+
+def check_wait_mode(value: Any) -> WaitMode:
+    """One of the wait modes; a message naming the allowed ones otherwise."""
+    if value not in WAIT_MODES:
+        raise ValueError(f"wait must be one of {', '.join(WAIT_MODES)}; got {value!r}")
+    mode: WaitMode = value
+    return mode

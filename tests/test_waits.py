@@ -1,0 +1,151 @@
+"""Waiting on Prefect events: real https callbacks, the real receiver, a real Prefect API."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from prefect import flow
+
+from prefect_kandinsky import KandinskyCredentials, PersistedVideo, generate_video
+from prefect_kandinsky.emulator import EmulatorServer
+from prefect_kandinsky.models import CompletedVideo
+from prefect_kandinsky.tasks import await_video, submit_video
+from prefect_kandinsky.webhooks import WebhookServer
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+SECRET = "receiver-secret-for-tests"
+
+
+@pytest.fixture(scope="module")
+def ca_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A test CA (for the emulator to trust) and a certificate for 127.0.0.1 signed by it."""
+    ca = trustme.CA()
+    folder = tmp_path_factory.mktemp("tls")
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(folder / "server.pem")
+    )
+    yield str(folder / "ca.pem"), str(folder / "server.pem")
+
+
+@pytest.fixture(scope="module")
+def receiver(
+    kandinsky_emulator_server: EmulatorServer, ca_file: tuple[str, str], prefect_api: None
+) -> Iterator[WebhookServer]:
+    """The package's receiver over https, emitting real events to the test Prefect API."""
+    credentials = KandinskyCredentials(
+        api_key=kandinsky_emulator_server.api_key,
+        base_url=kandinsky_emulator_server.base_url,
+        webhook_secret=SECRET,
+    )
+    with WebhookServer(credentials, certfile=ca_file[1]) as server:
+        yield server
+
+
+@pytest.fixture
+def creds(kandinsky_emulator: EmulatorServer, ca_file: tuple[str, str]) -> KandinskyCredentials:
+    """Credentials with the receiver's secret; the emulator trusts the test CA."""
+    kandinsky_emulator.configure(webhook_ca_file=ca_file[0])
+    return KandinskyCredentials(
+        api_key=kandinsky_emulator.api_key,
+        base_url=kandinsky_emulator.base_url,
+        webhook_secret=SECRET,
+    )
+
+
+async def test_the_completion_event_ends_the_wait(
+    kandinsky_emulator: EmulatorServer,
+    creds: KandinskyCredentials,
+    receiver: WebhookServer,
+    tmp_path: Path,
+) -> None:
+    """A 3 s render with a 60 s safety net: the event wakes the wait right after completion."""
+    kandinsky_emulator.configure(queue_seconds=0.1, processing_seconds=3.0)
+    started = time.monotonic()
+    video: PersistedVideo = await generate_video(
+        prompt="The lanterns rise into the night sky.",
+        image_url=kandinsky_emulator.sample_image_url,
+        resolution="256P",
+        duration=1,
+        credentials=creds,
+        destination=str(tmp_path),
+        webhook_base_url=receiver.url,
+        wait="events",
+    )
+    elapsed = time.monotonic() - started
+    assert Path(video.uri).is_file()
+    assert elapsed < 3.0 + 4.0, f"woken by the event, not the 60 s safety read ({elapsed:.1f}s)"
+    (job,) = kandinsky_emulator.state.jobs()
+    assert receiver.url in str(job.webhook_url)
+    reads = kandinsky_emulator.state.count("status", request_id=job.request_id)
+    assert reads <= 3, "the wait's first read, the receiver's confirmation, the read on the event"
+    assert {202} == {d.response_code for d in kandinsky_emulator.state.webhook_deliveries}
+
+
+async def test_a_lost_callback_is_caught_by_the_safety_read(
+    kandinsky_emulator: EmulatorServer, creds: KandinskyCredentials
+) -> None:
+    """The receiver is unreachable, so no event comes: the slow status read finishes the wait."""
+    kandinsky_emulator.configure(queue_seconds=0.1, processing_seconds=0.5)
+
+    @flow
+    async def wait_without_events() -> CompletedVideo:
+        job = await submit_video(
+            prompt="The fountain sprays in the sun.",
+            image_url=kandinsky_emulator.sample_image_url,
+            resolution="256P",
+            duration=1,
+            credentials=creds,
+            webhook_base_url="https://127.0.0.1:9",  # nothing listens there
+        )
+        return await await_video(job, creds, wait="events", safety_poll_seconds=0.5)
+
+    video = await wait_without_events()
+    assert "COMPLETED" == video.status.status.value
+    assert all(d.response_code is None for d in kandinsky_emulator.state.webhook_deliveries)
+
+
+async def test_events_and_suspend_need_the_receiver(
+    kandinsky_emulator: EmulatorServer, creds: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """Waiting for events without a receiver address is refused before anything is paid."""
+    state: Any = await generate_video(
+        prompt="p",
+        image_url=kandinsky_emulator.sample_image_url,
+        credentials=creds,
+        destination=str(tmp_path),
+        wait="events",
+        return_state=True,
+    )
+    with pytest.raises(ValueError, match="pass webhook_base_url"):
+        await state.result()
+    assert 0 == kandinsky_emulator.state.count("submit")
+
+
+async def test_suspend_outside_a_deployment_is_refused_before_waiting(
+    kandinsky_emulator: EmulatorServer,
+    creds: KandinskyCredentials,
+    receiver: WebhookServer,
+    tmp_path: Path,
+) -> None:
+    """A flow called directly cannot be suspended: refused before paying, saying what to use."""
+    state: Any = await generate_video(
+        prompt="p",
+        image_url=kandinsky_emulator.sample_image_url,
+        resolution="256P",
+        duration=1,
+        credentials=creds,
+        destination=str(tmp_path),
+        webhook_base_url=receiver.url,
+        wait="suspend",
+        return_state=True,
+    )
+    with pytest.raises(ValueError, match="needs a flow run of a deployment"):
+        await state.result()
+    assert 0 == kandinsky_emulator.state.count("submit")
