@@ -282,9 +282,7 @@ async def sweep_videos(
             key = (state.state_details.pause_key or "") if state else ""
             if not key.startswith(SUSPEND_KEY_PREFIX) or state is None:
                 continue
-            if state.timestamp and (
-                (time.time() - state.timestamp.timestamp()) < after_seconds
-            ):
+            if state.timestamp and ((time.time() - state.timestamp.timestamp()) < after_seconds):
                 continue
             counts["suspended"] += 1
             request_id = key.removeprefix(SUSPEND_KEY_PREFIX)
