@@ -32,12 +32,13 @@ every row's outcome (``allow_failures=True`` returns the result instead).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from prefect import flow
 from prefect.blocks.core import Block
@@ -83,8 +84,10 @@ from prefect_kandinsky.models import (
     JobStatus,
     StatusResponse,
     VideoRequest,
+    WebhookMode,
 )
 from prefect_kandinsky.storage import Destination, output_filename, persist_media
+from prefect_kandinsky.waits import DEFAULT_SAFETY_POLL_SECONDS, EventSignals, wait_with_signals
 
 DEFAULT_MAX_CONCURRENCY = 16
 """Renders in flight at once per flow run: submitted and not yet finished."""
@@ -242,6 +245,10 @@ class RowSettings:
     max_poll_interval_seconds: float = DEFAULT_MAX_POLL_INTERVAL
     retry_failed: bool = False
     resubmit_uncertain: bool = False
+    webhook_base_url: str | None = None
+    webhook_mode: WebhookMode | None = None
+    wait: Literal["poll", "events"] = "poll"
+    safety_poll_seconds: float = DEFAULT_SAFETY_POLL_SECONDS
 
 
 @dataclass
@@ -253,6 +260,8 @@ class _Rows:
     destination: Destination
     settings: RowSettings
     progress: BatchProgress
+    callback: Callable[[], str] | None = None
+    signals: EventSignals | None = None
     stopped: str | None = None
     in_flight: asyncio.Semaphore = field(init=False)
     downloads: asyncio.Semaphore = field(init=False)
@@ -328,7 +337,11 @@ class _Rows:
             record, state="submitting", request_id=None, attempts=attempts, error=None
         )
         try:
-            answer = await self.client.submit(row.request)
+            answer = await self.client.submit(
+                row.request,
+                webhook_url=self.callback() if self.callback else None,
+                webhook_mode=self.settings.webhook_mode if self.callback else None,
+            )
         except KandinskySubmitUncertainError as exc:
             return await self._save(record, state="uncertain", error=str(exc))
         except KandinskyAPIError as exc:
@@ -350,15 +363,29 @@ class _Rows:
         request_id = record.request_id
         assert request_id is not None
         settings = self.settings
+
+        def seen(status: StatusResponse) -> None:
+            report(StatusRead(request_id, status))
+
         try:
-            status = await self.client.wait(
-                request_id,
-                timeout=settings.wait_timeout_seconds,
-                poll_interval=settings.poll_interval_seconds,
-                max_poll_interval=settings.max_poll_interval_seconds,
-                on_poll=lambda status: report(StatusRead(request_id, status)),
-                raise_on_failure=False,
-            )
+            if self.signals is not None:
+                status = await wait_with_signals(
+                    self.client,
+                    request_id,
+                    self.signals,
+                    timeout=settings.wait_timeout_seconds,
+                    safety_poll_seconds=settings.safety_poll_seconds,
+                    on_poll=seen,
+                )
+            else:
+                status = await self.client.wait(
+                    request_id,
+                    timeout=settings.wait_timeout_seconds,
+                    poll_interval=settings.poll_interval_seconds,
+                    max_poll_interval=settings.max_poll_interval_seconds,
+                    on_poll=seen,
+                    raise_on_failure=False,
+                )
         except (KandinskyWaitTimeoutError, KandinskyError) as exc:
             # Still at the gateway (or unreachable for now): a re-run waits for it again.
             return await self._save(record, error=str(exc)), None
@@ -438,11 +465,53 @@ async def run_rows(
     settings: RowSettings,
     progress: BatchProgress,
 ) -> list[RowRecord]:
-    """Work ``rows`` in this event loop with one connection pool; return their records."""
+    """Work ``rows`` in this event loop with one connection pool; return their records.
+
+    With ``settings.webhook_base_url`` each submit names a callback URL of the receiver for
+    this flow run; with ``settings.wait == "events"`` the rows wait on one subscription to
+    Prefect's event stream (the receiver's events about this flow run's jobs), reading each
+    job's status when its event comes, or every ``safety_poll_seconds``.
+    """
     pool = settings.max_concurrency + settings.downloads + 4
-    async with credentials.get_client(logger=get_run_logger(), max_connections=pool) as client:
-        worker = _Rows(client, ledger, destination, settings, progress)
+    callback = _callback_maker(settings, credentials)
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(
+            credentials.get_client(logger=get_run_logger(), max_connections=pool)
+        )
+        signals = None
+        if settings.wait == "events":
+            signals = await stack.enter_async_context(
+                EventSignals(flow_run_id=str(runtime_flow_run.id))
+            )
+        worker = _Rows(client, ledger, destination, settings, progress, callback, signals)
         return await worker.run(rows, known)
+
+
+def _callback_maker(
+    settings: RowSettings, credentials: KandinskyCredentials
+) -> Callable[[], str] | None:
+    """A maker of callback URLs of this flow run for the submits, or None without webhooks."""
+    base = settings.webhook_base_url
+    if settings.wait == "events" and base is None:
+        raise ValueError(
+            "wait='events' waits for the webhook receiver's events: pass webhook_base_url "
+            "(the receiver's public https address), or use wait='poll'"
+        )
+    if base is None:
+        return None
+    secret = credentials.webhook_secret
+    if secret is None:
+        raise ValueError(
+            "webhook_base_url needs a webhook_secret on the KandinskyCredentials block (the "
+            "receiver checks each callback's token with it): set one, the same the receiver "
+            "uses, or KANDINSKY_WEBHOOK_SECRET"
+        )
+    from prefect_kandinsky.webhooks import callback_url
+
+    flow_run_id = runtime_flow_run.id
+    local = base.startswith("http://127.0.0.1")
+    callback_url(base, secret, flow_run_id=flow_run_id, allow_http=local)  # refuse a bad base now
+    return lambda: callback_url(base, secret, flow_run_id=flow_run_id, allow_http=local)
 
 
 # -- the flows ----------------------------------------------------------------------------------
@@ -548,6 +617,9 @@ async def generate_videos_chunk(
     max_poll_interval_seconds: Annotated[float, Field(gt=0)] = DEFAULT_MAX_POLL_INTERVAL,
     retry_failed: bool = False,
     resubmit_uncertain: bool = False,
+    webhook_base_url: str | None = None,
+    webhook_mode: WebhookMode | None = None,
+    wait: Literal["poll", "events"] = "poll",
 ) -> dict[str, int]:
     """Work one chunk of a batch that ``generate_videos`` split over a deployment.
 
@@ -574,6 +646,9 @@ async def generate_videos_chunk(
             max_poll_interval_seconds=max_poll_interval_seconds,
             retry_failed=retry_failed,
             resubmit_uncertain=resubmit_uncertain,
+            webhook_base_url=webhook_base_url,
+            webhook_mode=webhook_mode,
+            wait=wait,
         ),
         progress=progress,
     )
@@ -605,6 +680,9 @@ async def generate_videos(
     wait_timeout_seconds: Annotated[float, Field(gt=0)] = DEFAULT_WAIT_TIMEOUT_SECONDS,
     poll_interval_seconds: Annotated[float, Field(gt=0)] = DEFAULT_POLL_INTERVAL,
     max_poll_interval_seconds: Annotated[float, Field(gt=0)] = DEFAULT_MAX_POLL_INTERVAL,
+    webhook_base_url: str | None = None,
+    webhook_mode: WebhookMode | None = None,
+    wait: Literal["poll", "events"] = "poll",
 ) -> BatchResult:
     """Generate one video per row of a manifest, paying once per row however often it runs.
 
@@ -649,6 +727,13 @@ async def generate_videos(
             waiting for it (a re-run waits again, without paying).
         poll_interval_seconds: First wait between two status reads of a row.
         max_poll_interval_seconds: Cap of the wait between two status reads of a row.
+        webhook_base_url: The public https address of the package's webhook receiver: each
+            submit names a callback URL of it (see ``submit_video``).
+        webhook_mode: "terminal" or "sync" callbacks.
+        wait: ``poll`` reads each row's status until it ends; ``events`` waits on one
+            subscription to Prefect's event stream for the receiver's events about this
+            run's jobs, reading a row's status when its event comes (and every minute
+            anyway): a long render costs a handful of status reads instead of one every 8 s.
 
     Returns:
         Every row's record and the batch's spend.
@@ -732,6 +817,9 @@ async def generate_videos(
         max_poll_interval_seconds=max_poll_interval_seconds,
         retry_failed=retry_failed,
         resubmit_uncertain=resubmit_uncertain,
+        webhook_base_url=webhook_base_url,
+        webhook_mode=webhook_mode,
+        wait=wait,
     )
     if chunk_deployment and len(prepared) > chunk_size:
         await _fan_out(
@@ -750,6 +838,9 @@ async def generate_videos(
                 "max_poll_interval_seconds": max_poll_interval_seconds,
                 "retry_failed": retry_failed,
                 "resubmit_uncertain": resubmit_uncertain,
+                "webhook_base_url": webhook_base_url,
+                "webhook_mode": webhook_mode,
+                "wait": wait,
             },
             progress=progress,
         )

@@ -28,6 +28,7 @@ job and resumes those that ended. Schedule it (see ``deployments/prefect.yaml``)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -77,6 +78,119 @@ def suspend_key(request_id: str) -> str:
 # -- the event stream ----------------------------------------------------------------------
 
 
+class EventSignals:
+    """One subscription to Prefect's event stream that wakes the waits of many jobs.
+
+    Each ``kandinsky.video.*`` event sets the signal of its request; a wait clears it, reads
+    the status, and waits for the next one. Open it before the submits, so that no event is
+    missed, with ``request_id`` for one job or ``flow_run_id`` for every job whose callback
+    names that flow run (a batch).
+    """
+
+    def __init__(self, *, request_id: str | None = None, flow_run_id: str | None = None) -> None:
+        from prefect.events.filters import (
+            EventFilter,
+            EventNameFilter,
+            EventRelatedFilter,
+            EventResourceFilter,
+        )
+
+        if (request_id is None) == (flow_run_id is None):
+            raise ValueError("give request_id or flow_run_id")
+        self.filter = EventFilter(
+            event=EventNameFilter(prefix=[EVENT_PREFIX]),
+            resource=EventResourceFilter(id=[resource_id(request_id)]) if request_id else None,
+            related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"])
+            if flow_run_id
+            else None,
+        )
+        self._signals: dict[str, asyncio.Event] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._subscriber: Any = None
+
+    def _signal(self, request_id: str) -> asyncio.Event:
+        return self._signals.setdefault(request_id, asyncio.Event())
+
+    async def __aenter__(self) -> EventSignals:
+        from prefect.events.clients import get_events_subscriber
+
+        self._subscriber = get_events_subscriber(filter=self.filter)
+        await self._subscriber.__aenter__()
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        if self._subscriber is not None:
+            await self._subscriber.__aexit__(None, None, None)
+
+    async def _read(self) -> None:
+        try:
+            async for event in self._subscriber:
+                request_id = event.resource.get("prefect.resource.name") or ""
+                _logger.debug("Event %s for %s", event.event, request_id)
+                self._signal(request_id).set()
+        except Exception:  # the safety reads go on without events
+            _logger.warning("The event stream ended; waits fall back to slow status reads")
+
+    async def wait(self, request_id: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for an event about ``request_id``."""
+        signal = self._signal(request_id)
+        try:
+            await asyncio.wait_for(signal.wait(), timeout=timeout)
+        except asyncio.TimeoutError:
+            return False
+        signal.clear()
+        return True
+
+
+async def wait_with_signals(
+    client: KandinskyClient,
+    request_id: str,
+    signals: EventSignals,
+    *,
+    timeout: float = DEFAULT_WAIT_TIMEOUT_SECONDS,
+    safety_poll_seconds: float = DEFAULT_SAFETY_POLL_SECONDS,
+    on_change: StatusCallback | None = None,
+    on_poll: StatusCallback | None = None,
+) -> StatusResponse:
+    """Read the status, then again on each event about the job (or every safety interval).
+
+    Returns the final status like ``KandinskyClient.wait(raise_on_failure=False)``.
+
+    Raises:
+        KandinskyWaitTimeoutError: the deadline passed while the job still runs.
+    """
+    if safety_poll_seconds <= 0:
+        raise ValueError(f"safety_poll_seconds must be positive; got {safety_poll_seconds!r}")
+    started = time.monotonic()
+    deadline = started + timeout
+    last: StatusResponse | None = None
+    while True:
+        current = await client.get_status(request_id)
+        if last is None or current.status is not last.status:
+            await _call(on_change, current)
+        await _call(on_poll, current)
+        last = current
+        if current.status.is_terminal:
+            return current
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            waited = time.monotonic() - started
+            raise KandinskyWaitTimeoutError(
+                f"Generation {request_id} is still {current.status.value} after "
+                f"{waited:.0f}s; it goes on at the gateway: wait again with this request "
+                "id instead of submitting a new job",
+                request_id=request_id,
+                status=current.status,
+                waited_seconds=waited,
+            )
+        await signals.wait(request_id, min(safety_poll_seconds, remaining))
+
+
 async def wait_for_event(
     client: KandinskyClient,
     request_id: str,
@@ -86,56 +200,25 @@ async def wait_for_event(
     on_change: StatusCallback | None = None,
     on_poll: StatusCallback | None = None,
 ) -> StatusResponse:
-    """Wait for the job's end on Prefect's event stream; read the status when an event comes.
+    """Wait for one job's end on Prefect's event stream; read the status when an event comes.
 
     The subscription starts before the first status read, so an event that comes in between
     is not missed. Every event is confirmed (and its media links refreshed) by a status
-    read; without events the status is read every ``safety_poll_seconds``. Returns the final
-    status like ``KandinskyClient.wait(raise_on_failure=False)``.
+    read; without events the status is read every ``safety_poll_seconds``.
 
     Raises:
         KandinskyWaitTimeoutError: the deadline passed while the job still runs.
     """
-    from prefect.events.clients import get_events_subscriber
-    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
-
-    if safety_poll_seconds <= 0:
-        raise ValueError(f"safety_poll_seconds must be positive; got {safety_poll_seconds!r}")
-    started = time.monotonic()
-    deadline = started + timeout
-    last: StatusResponse | None = None
-    events = EventFilter(
-        event=EventNameFilter(prefix=[EVENT_PREFIX]),
-        resource=EventResourceFilter(id=[resource_id(request_id)]),
-    )
-    async with get_events_subscriber(filter=events) as subscriber:
-        stream = aiter(subscriber)
-        while True:
-            current = await client.get_status(request_id)
-            if last is None or current.status is not last.status:
-                await _call(on_change, current)
-            await _call(on_poll, current)
-            last = current
-            if current.status.is_terminal:
-                return current
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                waited = time.monotonic() - started
-                raise KandinskyWaitTimeoutError(
-                    f"Generation {request_id} is still {current.status.value} after "
-                    f"{waited:.0f}s; it goes on at the gateway: wait again with this request "
-                    "id instead of submitting a new job",
-                    request_id=request_id,
-                    status=current.status,
-                    waited_seconds=waited,
-                )
-            try:
-                event = await asyncio.wait_for(
-                    anext(stream), timeout=min(safety_poll_seconds, remaining)
-                )
-            except asyncio.TimeoutError:
-                continue  # the safety net: read the status anyway
-            _logger.debug("Event %s for %s", event.event, request_id)
+    async with EventSignals(request_id=request_id) as signals:
+        return await wait_with_signals(
+            client,
+            request_id,
+            signals,
+            timeout=timeout,
+            safety_poll_seconds=safety_poll_seconds,
+            on_change=on_change,
+            on_poll=on_poll,
+        )
 
 
 async def _call(callback: StatusCallback | None, status: StatusResponse) -> None:

@@ -149,3 +149,38 @@ async def test_suspend_outside_a_deployment_is_refused_before_waiting(
     with pytest.raises(ValueError, match="needs a flow run of a deployment"):
         await state.result()
     assert 0 == kandinsky_emulator.state.count("submit")
+
+
+async def test_a_batch_waits_on_one_event_stream(
+    kandinsky_emulator: EmulatorServer,
+    creds: KandinskyCredentials,
+    receiver: WebhookServer,
+    tmp_path: Path,
+) -> None:
+    """Four 3 s renders, one subscription: each row is woken by its own event, few reads."""
+    from prefect_kandinsky.batch import BatchResult, generate_videos
+
+    kandinsky_emulator.configure(queue_seconds=0.1, processing_seconds=3.0)
+    rows = [
+        {
+            "prompt": f"Scene {n}: the snow falls on the roofs.",
+            "image": kandinsky_emulator.sample_image_url,
+            "resolution": "256P",
+            "duration": "1s",
+        }
+        for n in range(4)
+    ]
+    started = time.monotonic()
+    result: BatchResult = await generate_videos(
+        rows,
+        credentials=creds,
+        destination=str(tmp_path / "videos"),
+        ledger=str(tmp_path / "ledger"),
+        webhook_base_url=receiver.url,
+        wait="events",
+    )
+    elapsed = time.monotonic() - started
+    assert {"stored": 4} == result.counts
+    assert elapsed < 3.0 + 5.0, f"woken by the events, not the safety reads ({elapsed:.1f}s)"
+    for job in kandinsky_emulator.state.jobs():
+        assert kandinsky_emulator.state.count("status", request_id=job.request_id) <= 3
