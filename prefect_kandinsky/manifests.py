@@ -57,17 +57,16 @@ from pydantic_core import PydanticCustomError
 from prefect_kandinsky.exceptions import KandinskyBudgetError, KandinskyManifestError
 from prefect_kandinsky.models import (
     RESOLUTIONS,
-    Acceleration,
-    Resolution,
+    AccelerationParam,
+    DurationText,
+    PromptParam,
+    ResolutionParam,
+    StepsParam,
     VideoRequest,
-    check_acceleration,
     check_image_url,
-    check_prompt,
-    check_resolution,
-    check_steps,
-    duration_seconds,
     estimate_cost_usd,
     format_cost,
+    invalid_value,
 )
 
 __all__ = [
@@ -162,11 +161,6 @@ def _known_columns_text() -> str:
     )
 
 
-def _invalid(message: str) -> PydanticCustomError:
-    # As in models: the message stays as written, without pydantic's prefix and link.
-    return PydanticCustomError("kandinsky_parameter", "{message}", {"message": message})
-
-
 def _shown(value: object) -> object:
     """A value as a problem shows it: long text cut, http(s) URLs without their secrets."""
     if isinstance(value, str):
@@ -203,22 +197,22 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 def _image_value(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise _invalid(f"image must be {_IMAGE_ALLOWED}; got {_shown(value)!r}")
+        raise invalid_value(f"image must be {_IMAGE_ALLOWED}; got {_shown(value)!r}")
     text = value.strip()
     kind = _image_kind(text)
     if kind == "url":
         try:
             return check_image_url(text)
         except PydanticCustomError:
-            raise _invalid(f"image must be {_IMAGE_ALLOWED}; got {_shown(value)!r}") from None
+            raise invalid_value(f"image must be {_IMAGE_ALLOWED}; got {_shown(value)!r}") from None
     if kind == "s3":
         try:
             bucket, key = split_s3_uri(text)
         except ValueError as exc:
-            raise _invalid(f"image {exc}") from None
+            raise invalid_value(f"image {exc}") from None
         return f"s3://{bucket}/{key}"
     if "://" in text:
-        raise _invalid(f"image must be {_IMAGE_ALLOWED}; got {_shown(value)!r}")
+        raise invalid_value(f"image must be {_IMAGE_ALLOWED}; got {_shown(value)!r}")
     return text
 
 
@@ -227,7 +221,9 @@ def _check_relative(value: object, field: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise _invalid(f"{field} must be a relative path such as 'day1/clip.mp4'; got {value!r}")
+        raise invalid_value(
+            f"{field} must be a relative path such as 'day1/clip.mp4'; got {value!r}"
+        )
     text = value.strip()
     if not text:
         return None
@@ -238,13 +234,13 @@ def _check_relative(value: object, field: str) -> str | None:
         try:
             _check_filename(text)
         except ValueError as exc:
-            raise _invalid(str(exc)) from None
+            raise invalid_value(str(exc)) from None
         return text
     folder = text.rstrip("/")
     try:
         _check_filename(folder)
     except ValueError:
-        raise _invalid(
+        raise invalid_value(
             "destination must be a relative folder such as 'catalogue' or 'day1/clips' "
             f"(no '..', no absolute path); got {value!r}"
         ) from None
@@ -277,7 +273,7 @@ class BatchRow(BaseModel):
         description="The row's id given by the user, unique in the manifest; it keys the row "
         "across re-runs, so the same id is never paid twice.",
     )
-    prompt: str = Field(
+    prompt: PromptParam = Field(
         description="Description of the desired motion, camera movement and emotional tone.",
     )
     image: str = Field(
@@ -285,19 +281,19 @@ class BatchRow(BaseModel):
         description="The input image: an http(s) URL, an s3://bucket/key URI or a local file "
         "path (absolute once validated by validate_rows). Also read as image_url.",
     )
-    resolution: Resolution = Field(
+    resolution: ResolutionParam = Field(
         default=_REQUEST_DEFAULTS["resolution"],
         description='Output resolution preset: "256P", "512P" or "1024P".',
     )
-    duration: str = Field(
+    duration: DurationText = Field(
         default=_REQUEST_DEFAULTS["duration"],
         description='Video length in whole seconds, written "Ns" (an int is accepted).',
     )
-    num_inference_steps: int = Field(
+    num_inference_steps: StepsParam = Field(
         default=_REQUEST_DEFAULTS["num_inference_steps"],
         description="Denoising steps, 20 to 50 (also read as steps).",
     )
-    acceleration: Acceleration = Field(
+    acceleration: AccelerationParam = Field(
         default=_REQUEST_DEFAULTS["acceleration"],
         description='Speed versus quality: "regular", "fast" or "ultra_fast".',
     )
@@ -321,37 +317,12 @@ class BatchRow(BaseModel):
             return str(value)
         if isinstance(value, str):
             return value.strip() or None
-        raise _invalid(f"id must be a text or a whole number; got {value!r}")
-
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _check_prompt(cls, value: object) -> object:
-        return check_prompt(value)
+        raise invalid_value(f"id must be a text or a whole number; got {value!r}")
 
     @field_validator("image", mode="before")
     @classmethod
     def _check_image(cls, value: object) -> object:
         return _image_value(value)
-
-    @field_validator("resolution", mode="before")
-    @classmethod
-    def _check_resolution(cls, value: object) -> object:
-        return check_resolution(value)
-
-    @field_validator("duration", mode="before")
-    @classmethod
-    def _check_duration(cls, value: object) -> object:
-        return f"{duration_seconds(value)}s"
-
-    @field_validator("num_inference_steps", mode="before")
-    @classmethod
-    def _check_steps(cls, value: object) -> object:
-        return check_steps(value)
-
-    @field_validator("acceleration", mode="before")
-    @classmethod
-    def _check_acceleration(cls, value: object) -> object:
-        return check_acceleration(value)
 
     @field_validator("filename", mode="before")
     @classmethod

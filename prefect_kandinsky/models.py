@@ -21,7 +21,6 @@ from pydantic import (
     ConfigDict,
     Field,
     WithJsonSchema,
-    field_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -64,9 +63,9 @@ def status_path(request_id: str) -> str:
     return f"/v2/requests/status/{request_id}"
 
 
-def _invalid(message: str) -> PydanticCustomError:
-    # A custom error keeps the message as written: no "Value error, " prefix and no link to
-    # pydantic's documentation, in the request model and in flow parameter errors alike.
+def invalid_value(message: str) -> PydanticCustomError:
+    """A validation error whose message stays as written: no "Value error, " prefix and no
+    link to pydantic's documentation, in models and in flow parameter errors alike."""
     return PydanticCustomError("kandinsky_parameter", "{message}", {"message": message})
 
 
@@ -89,7 +88,7 @@ def _duration_seconds(value: str) -> int:
 def check_prompt(value: object) -> str:
     """A non-empty prompt, as given; raises a message naming the field otherwise."""
     if not isinstance(value, str) or not value.strip():
-        raise _invalid(f"prompt must be a non-empty description of the motion; got {value!r}")
+        raise invalid_value(f"prompt must be a non-empty description of the motion; got {value!r}")
     return value
 
 
@@ -98,7 +97,7 @@ def check_image_url(value: object) -> str:
     text = value.strip() if isinstance(value, str) else ""
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise _invalid(f"image_url must be an absolute http or https URL; got {value!r}")
+        raise invalid_value(f"image_url must be an absolute http or https URL; got {value!r}")
     return text
 
 
@@ -106,14 +105,14 @@ def check_resolution(value: object) -> str:
     """One of the resolution presets (any case); raises a message naming the allowed ones."""
     if isinstance(value, str) and value.strip().upper() in RESOLUTIONS:
         return value.strip().upper()
-    raise _invalid(f"resolution must be one of {', '.join(RESOLUTIONS)}; got {value!r}")
+    raise invalid_value(f"resolution must be one of {', '.join(RESOLUTIONS)}; got {value!r}")
 
 
 def check_acceleration(value: object) -> str:
     """One of the acceleration settings; raises a message naming the allowed ones."""
     if isinstance(value, str) and value.strip() in ACCELERATIONS:
         return value.strip()
-    raise _invalid(f"acceleration must be one of {', '.join(ACCELERATIONS)}; got {value!r}")
+    raise invalid_value(f"acceleration must be one of {', '.join(ACCELERATIONS)}; got {value!r}")
 
 
 def duration_seconds(value: object) -> int:
@@ -122,7 +121,7 @@ def duration_seconds(value: object) -> int:
     match = re.fullmatch(r"(\d+)s", normalised) if isinstance(normalised, str) else None
     seconds = int(match.group(1)) if match else None
     if seconds is None or not MIN_DURATION_SECONDS <= seconds <= MAX_DURATION_SECONDS:
-        raise _invalid(
+        raise invalid_value(
             f"duration must be whole seconds from {MIN_DURATION_SECONDS}s to "
             f"{MAX_DURATION_SECONDS}s, written like {', '.join(DOCUMENTED_DURATIONS)} or as an "
             f"int; got {value!r}"
@@ -139,7 +138,7 @@ def check_steps(value: object) -> int:
         or not isinstance(value, int)
         or not MIN_INFERENCE_STEPS <= value <= MAX_INFERENCE_STEPS
     ):
-        raise _invalid(
+        raise invalid_value(
             f"num_inference_steps must be an integer from {MIN_INFERENCE_STEPS} to "
             f"{MAX_INFERENCE_STEPS}; got {value!r}"
         )
@@ -168,9 +167,24 @@ def _parse_timestamp(value: object) -> object:
 Timestamp = Annotated[datetime | None, BeforeValidator(_parse_timestamp)]
 
 
-# Flow parameter types: the same checks and messages as ``VideoRequest``, with JSON schemas
-# that Prefect shows in the run form and that a deployment with ``enforce_parameter_schema``
-# applies when a run is triggered.
+class JobStatus(str, Enum):
+    """A generation's status as the gateway reports it."""
+
+    QUEUED = "QUEUED"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    ERROR = "ERROR"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the status is final (COMPLETED, FAILED or ERROR)."""
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ERROR)
+
+
+# Parameter types: each carries its check and message, so the request model, the batch row
+# and the flows' parameters say the same; their JSON schemas are what Prefect shows in a run
+# form and what a deployment with ``enforce_parameter_schema`` applies when a run is triggered.
 
 PromptParam = Annotated[str, BeforeValidator(check_prompt), Field(min_length=1)]
 """A non-empty prompt."""
@@ -212,21 +226,8 @@ HttpUrlParam = Annotated[
     WithJsonSchema({"type": "string", "format": "uri", "pattern": r"^https?://[^\s/]+"}),
 ]
 """An absolute http(s) URL; a local file name such as ``beach.png`` is refused."""
-
-
-class JobStatus(str, Enum):
-    """A generation's status as the gateway reports it."""
-
-    QUEUED = "QUEUED"
-    PROCESSING = "PROCESSING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    ERROR = "ERROR"
-
-    @property
-    def is_terminal(self) -> bool:
-        """Whether the status is final (COMPLETED, FAILED or ERROR)."""
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ERROR)
+DurationText = Annotated[str, BeforeValidator(lambda value: f"{duration_seconds(value)}s")]
+"""Whole seconds from 1 to 10 in the gateway's form, ``"5s"``, from ``5``, ``"5"`` or ``"5s"``."""
 
 
 class VideoRequest(BaseModel):
@@ -246,61 +247,31 @@ class VideoRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    prompt: str = Field(
+    prompt: PromptParam = Field(
         description="Description of the desired motion, camera movement and emotional tone.",
     )
-    image_url: str = Field(
+    image_url: HttpUrlParam = Field(
         description="Publicly reachable http(s) URL of the input image to animate.",
     )
-    resolution: Resolution = Field(
+    resolution: ResolutionParam = Field(
         default="512P",
         description='Output resolution preset: "256P", "512P" or "1024P".',
     )
-    duration: str = Field(
+    duration: DurationText = Field(
         default="5s",
         description=(
             'Video length in whole seconds, written "Ns" (an int is accepted); '
             'the documented values are "3s", "5s" and "10s".'
         ),
     )
-    num_inference_steps: int = Field(
+    num_inference_steps: StepsParam = Field(
         default=28,
         description="Denoising steps, 20 to 50: more refine detail and take longer.",
     )
-    acceleration: Acceleration = Field(
+    acceleration: AccelerationParam = Field(
         default="regular",
         description='Speed versus quality: "regular", "fast" or "ultra_fast".',
     )
-
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _check_prompt(cls, value: object) -> object:
-        return check_prompt(value)
-
-    @field_validator("image_url", mode="before")
-    @classmethod
-    def _check_image_url(cls, value: object) -> object:
-        return check_image_url(value)
-
-    @field_validator("resolution", mode="before")
-    @classmethod
-    def _check_resolution(cls, value: object) -> object:
-        return check_resolution(value)
-
-    @field_validator("acceleration", mode="before")
-    @classmethod
-    def _check_acceleration(cls, value: object) -> object:
-        return check_acceleration(value)
-
-    @field_validator("duration", mode="before")
-    @classmethod
-    def _check_duration(cls, value: object) -> object:
-        return f"{duration_seconds(value)}s"
-
-    @field_validator("num_inference_steps", mode="before")
-    @classmethod
-    def _check_steps(cls, value: object) -> object:
-        return check_steps(value)
 
     @property
     def duration_seconds(self) -> int:
