@@ -9,14 +9,14 @@ into (``chunk_deployment``), so that several workers share it.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated
 
 from prefect import flow
 from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect_aws import S3Bucket
-from pydantic import Field, TypeAdapter
+from pydantic import Field
 
 from prefect_kandinsky._constants import DEFAULT_WAIT_TIMEOUT_SECONDS
 from prefect_kandinsky.batch import (
@@ -27,29 +27,22 @@ from prefect_kandinsky.batch import (
     generate_videos_chunk,
 )
 from prefect_kandinsky.credentials import KandinskyCredentials
+from prefect_kandinsky.models import as_utc
 
 FLOW_NAME = "nightly-videos"
 chunk = generate_videos_chunk
 """The ``generate-videos-chunk`` flow, re-exported for deployment."""
 
 
-def _utc(moment: datetime | str) -> datetime:
-    if isinstance(moment, str):
-        moment = TypeAdapter(datetime).validate_python(moment)
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
-
-
 def night_batch_id(deployment_name: str | None, manifest: str, slot: datetime) -> str:
     """The batch id of one slot: ``nightly-videos/<deployment>@<slot>:<manifest>``."""
     name = deployment_name or "no-deployment"
-    return f"{FLOW_NAME}/{name}@{_utc(slot).isoformat()}:{manifest}"
+    return f"{FLOW_NAME}/{name}@{as_utc(slot).isoformat()}:{manifest}"
 
 
 def _run_name() -> str:
     slot = runtime_flow_run.parameters.get("slot") or runtime_flow_run.scheduled_start_time
-    return f"{FLOW_NAME}-{_utc(slot).strftime('%Y-%m-%dt%H%Mz')}"
+    return f"{FLOW_NAME}-{as_utc(slot).strftime('%Y-%m-%dt%H%Mz')}"
 
 
 @flow(name=FLOW_NAME, flow_run_name=_run_name, retries=1, retry_delay_seconds=300)
@@ -88,7 +81,7 @@ async def nightly_batch(
     Returns:
         Every row's record and the night's spend.
     """
-    when = _utc(slot if slot is not None else runtime_flow_run.scheduled_start_time)
+    when = as_utc(slot if slot is not None else runtime_flow_run.scheduled_start_time)
     return await generate_videos(
         manifest,
         credentials=credentials,

@@ -8,13 +8,12 @@ generation instead of paying for a second one. Pass ``slot`` to re-run or backfi
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from prefect import flow
 from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect_aws import S3Bucket
-from pydantic import TypeAdapter
 
 from prefect_kandinsky._constants import DEFAULT_POLL_INTERVAL, DEFAULT_WAIT_TIMEOUT_SECONDS
 from prefect_kandinsky.credentials import KandinskyCredentials
@@ -27,19 +26,12 @@ from prefect_kandinsky.models import (
     PromptParam,
     ResolutionParam,
     StepsParam,
+    as_utc,
 )
 
 FLOW_NAME = "scheduled-video"
 NO_DEPLOYMENT = "no-deployment"
 """Stands for the deployment name when the flow is called outside a deployment."""
-
-
-def _utc(moment: datetime | str) -> datetime:
-    if isinstance(moment, str):
-        moment = TypeAdapter(datetime).validate_python(moment)
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
 
 
 def slot_key(deployment_name: str | None, slot: datetime) -> str:
@@ -48,12 +40,12 @@ def slot_key(deployment_name: str | None, slot: datetime) -> str:
     A naive ``slot`` is read as UTC; aware slots in any zone give the same key for the same
     instant, e.g. ``scheduled-video/daily@2026-05-22T06:00:00+00:00``.
     """
-    return f"{FLOW_NAME}/{deployment_name or NO_DEPLOYMENT}@{_utc(slot).isoformat()}"
+    return f"{FLOW_NAME}/{deployment_name or NO_DEPLOYMENT}@{as_utc(slot).isoformat()}"
 
 
 def _scheduled_run_name() -> str:
     slot = runtime_flow_run.parameters.get("slot") or runtime_flow_run.scheduled_start_time
-    return f"{FLOW_NAME}-{_utc(slot).strftime('%Y-%m-%dt%H%Mz')}"
+    return f"{FLOW_NAME}-{as_utc(slot).strftime('%Y-%m-%dt%H%Mz')}"
 
 
 @flow(name=FLOW_NAME, flow_run_name=_scheduled_run_name, retries=2, retry_delay_seconds=60)

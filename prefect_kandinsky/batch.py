@@ -233,22 +233,21 @@ def _prepare(
 # -- working the rows ---------------------------------------------------------------------------
 
 
-@dataclass
-class RowSettings:
-    """How the rows of one flow run are worked."""
+class RowSettings(BaseModel):
+    """How the rows of a flow run are worked (see ``generate_videos`` for each setting)."""
 
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
-    downloads: int = DEFAULT_DOWNLOADS
+    max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1)
+    downloads: int = Field(default=DEFAULT_DOWNLOADS, ge=1)
     rate_limit: str | None = None
-    wait_timeout_seconds: float = DEFAULT_WAIT_TIMEOUT_SECONDS
-    poll_interval_seconds: float = DEFAULT_POLL_INTERVAL
-    max_poll_interval_seconds: float = DEFAULT_MAX_POLL_INTERVAL
+    wait_timeout_seconds: float = Field(default=DEFAULT_WAIT_TIMEOUT_SECONDS, gt=0)
+    poll_interval_seconds: float = Field(default=DEFAULT_POLL_INTERVAL, gt=0)
+    max_poll_interval_seconds: float = Field(default=DEFAULT_MAX_POLL_INTERVAL, gt=0)
     retry_failed: bool = False
     resubmit_uncertain: bool = False
     webhook_base_url: str | None = None
     webhook_mode: WebhookMode | None = None
     wait: Literal["poll", "events"] = "poll"
-    safety_poll_seconds: float = DEFAULT_SAFETY_POLL_SECONDS
+    safety_poll_seconds: float = Field(default=DEFAULT_SAFETY_POLL_SECONDS, gt=0)
 
 
 @dataclass
@@ -610,16 +609,7 @@ async def generate_videos_chunk(
     destination: str = "output",
     ledger: str | None = None,
     label: str = "1-of-1",
-    max_concurrency: Annotated[int, Field(ge=1)] = DEFAULT_MAX_CONCURRENCY,
-    rate_limit: str | None = None,
-    wait_timeout_seconds: Annotated[float, Field(gt=0)] = DEFAULT_WAIT_TIMEOUT_SECONDS,
-    poll_interval_seconds: Annotated[float, Field(gt=0)] = DEFAULT_POLL_INTERVAL,
-    max_poll_interval_seconds: Annotated[float, Field(gt=0)] = DEFAULT_MAX_POLL_INTERVAL,
-    retry_failed: bool = False,
-    resubmit_uncertain: bool = False,
-    webhook_base_url: str | None = None,
-    webhook_mode: WebhookMode | None = None,
-    wait: Literal["poll", "events"] = "poll",
+    settings: RowSettings | None = None,
 ) -> dict[str, int]:
     """Work one chunk of a batch that ``generate_videos`` split over a deployment.
 
@@ -638,18 +628,7 @@ async def generate_videos_chunk(
         credentials=await load_credentials(credentials),
         destination=await load_destination(destination),
         ledger=book,
-        settings=RowSettings(
-            max_concurrency=max_concurrency,
-            rate_limit=rate_limit,
-            wait_timeout_seconds=wait_timeout_seconds,
-            poll_interval_seconds=poll_interval_seconds,
-            max_poll_interval_seconds=max_poll_interval_seconds,
-            retry_failed=retry_failed,
-            resubmit_uncertain=resubmit_uncertain,
-            webhook_base_url=webhook_base_url,
-            webhook_mode=webhook_mode,
-            wait=wait,
-        ),
+        settings=settings or RowSettings(),
         progress=progress,
     )
     await progress.finish()
@@ -831,16 +810,7 @@ async def generate_videos(
                 "credentials": _block_reference(credentials, "credentials"),
                 "destination": _block_reference(destination, "destination"),
                 "ledger": ledger,
-                "max_concurrency": max_concurrency,
-                "rate_limit": rate_limit,
-                "wait_timeout_seconds": wait_timeout_seconds,
-                "poll_interval_seconds": poll_interval_seconds,
-                "max_poll_interval_seconds": max_poll_interval_seconds,
-                "retry_failed": retry_failed,
-                "resubmit_uncertain": resubmit_uncertain,
-                "webhook_base_url": webhook_base_url,
-                "webhook_mode": webhook_mode,
-                "wait": wait,
+                "settings": settings.model_dump(mode="json"),
             },
             progress=progress,
         )

@@ -428,6 +428,7 @@ class KandinskyClient:
         on_change: StatusCallback | None = None,
         on_poll: StatusCallback | None = None,
         raise_on_failure: bool = True,
+        idle: Callable[[float], Awaitable[object]] | None = None,
     ) -> StatusResponse:
         """Poll until the generation reaches a terminal status, or the deadline passes.
 
@@ -444,6 +445,8 @@ class KandinskyClient:
             on_change: Called (sync or async) once for each new status.
             on_poll: Called (sync or async) after every read.
             raise_on_failure: Raise for FAILED and ERROR (the default) or return them.
+            idle: Awaited between two reads instead of the backoff sleep, with the seconds
+                left before the deadline; e.g. a wait for an event about the job.
 
         Raises:
             KandinskyGenerationFailedError: the generation ended FAILED.
@@ -475,6 +478,9 @@ class KandinskyClient:
                     status=current.status,
                     waited_seconds=waited,
                 )
+            if idle is not None:
+                await idle(remaining)
+                continue
             # Jitter below the capped interval, so workers that started together drift
             # apart even once every one of them polls at the cap.
             delay = interval * (1 - DEFAULT_RETRY_JITTER * random.random())

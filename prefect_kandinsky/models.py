@@ -167,6 +167,14 @@ def _parse_timestamp(value: object) -> object:
 Timestamp = Annotated[datetime | None, BeforeValidator(_parse_timestamp)]
 
 
+def as_utc(moment: datetime | str) -> datetime:
+    """``moment`` in UTC: an aware datetime converted, a naive one (or ISO text) read as UTC."""
+    parsed = _parse_timestamp(moment)
+    if not isinstance(parsed, datetime):
+        raise ValueError(f"not a date and time: {moment!r}")
+    return parsed.astimezone(timezone.utc)
+
+
 class JobStatus(str, Enum):
     """A generation's status as the gateway reports it."""
 

@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, Literal
 from uuid import UUID
@@ -40,9 +39,9 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from prefect_kandinsky._constants import DEFAULT_WAIT_TIMEOUT_SECONDS
-from prefect_kandinsky.client import KandinskyClient
+from prefect_kandinsky.client import KandinskyClient, StatusCallback
 from prefect_kandinsky.credentials import KandinskyCredentials
-from prefect_kandinsky.exceptions import KandinskyError, KandinskyWaitTimeoutError
+from prefect_kandinsky.exceptions import KandinskyError
 from prefect_kandinsky.models import JobStatus, StatusResponse
 from prefect_kandinsky.webhooks import EVENT_PREFIX, resource_id
 
@@ -66,8 +65,6 @@ TERMINAL_EVENTS = frozenset(
 )
 
 _logger = logging.getLogger("prefect_kandinsky.waits")
-
-StatusCallback = Callable[[StatusResponse], "Awaitable[None] | None"]
 
 
 def suspend_key(request_id: str) -> str:
@@ -166,29 +163,18 @@ async def wait_with_signals(
     """
     if safety_poll_seconds <= 0:
         raise ValueError(f"safety_poll_seconds must be positive; got {safety_poll_seconds!r}")
-    started = time.monotonic()
-    deadline = started + timeout
-    last: StatusResponse | None = None
-    while True:
-        current = await client.get_status(request_id)
-        if last is None or current.status is not last.status:
-            await _call(on_change, current)
-        await _call(on_poll, current)
-        last = current
-        if current.status.is_terminal:
-            return current
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            waited = time.monotonic() - started
-            raise KandinskyWaitTimeoutError(
-                f"Generation {request_id} is still {current.status.value} after "
-                f"{waited:.0f}s; it goes on at the gateway: wait again with this request "
-                "id instead of submitting a new job",
-                request_id=request_id,
-                status=current.status,
-                waited_seconds=waited,
-            )
-        await signals.wait(request_id, min(safety_poll_seconds, remaining))
+
+    async def until_event(remaining: float) -> bool:
+        return await signals.wait(request_id, min(safety_poll_seconds, remaining))
+
+    return await client.wait(
+        request_id,
+        timeout=timeout,
+        on_change=on_change,
+        on_poll=on_poll,
+        raise_on_failure=False,
+        idle=until_event,
+    )
 
 
 async def wait_for_event(
@@ -219,14 +205,6 @@ async def wait_for_event(
             on_change=on_change,
             on_poll=on_poll,
         )
-
-
-async def _call(callback: StatusCallback | None, status: StatusResponse) -> None:
-    if callback is None:
-        return
-    result = callback(status)
-    if result is not None:
-        await result
 
 
 # -- suspending ---------------------------------------------------------------------------
