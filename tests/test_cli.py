@@ -247,3 +247,56 @@ async def test_generate_shows_progress_and_where_the_video_is(
         r"^Open:\s+http://127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36}$", result.stdout, re.M
     )
     assert 1 == kandinsky_emulator.state.count("submit")
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_batch_runs_a_manifest_of_local_images_on_the_emulator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`batch` on the emulator: rows stored, spend and artifacts printed; again: nothing new."""
+    (tmp_path / "photo.png").write_bytes(SAMPLE_IMAGE_PATH.read_bytes())
+    manifest = tmp_path / "rows.csv"
+    manifest.write_text(
+        "id,prompt,image,resolution,duration\n"
+        "a,The kite climbs.,photo.png,256P,1s\n"
+        "b,The boat drifts.,photo.png,512P,1s\n"
+    )
+    arguments = [
+        "batch",
+        str(manifest),
+        "--emulator",
+        "--output",
+        str(tmp_path / "videos"),
+        "--ledger",
+        str(tmp_path / "ledger"),
+        "--poll-interval",
+        "0.05",
+    ]
+    assert 0 == cli.main(arguments)
+    out = capsys.readouterr().out
+    assert re.search(r"^Stored:\s+2 of 2 rows$", out, re.MULTILINE)
+    assert re.search(r"^Charged:\s+\$0\.04 ", out, re.MULTILINE), "512P 1 s; 256P is unpriced"
+    assert re.search(r"^Artifacts:\s+kandinsky-batch-rows-csv-\w+ \[table\]$", out, re.MULTILINE)
+    assert 2 == len(list((tmp_path / "videos").glob("*.mp4")))
+
+    assert 0 == cli.main(arguments), "a second run finds every row stored"
+    assert 2 == len(list((tmp_path / "videos").glob("*.mp4")))
+
+
+def test_batch_reports_every_bad_row_and_runs_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A manifest with mistakes: exit 2, one line per problem, no flow run."""
+    manifest = tmp_path / "rows.csv"
+    manifest.write_text(
+        "id,prompt,image,resolution\n"
+        "a,The kite climbs.,https://example.com/a.png,720P\n"
+        "b,,https://example.com/b.png,256P\n"
+    )
+    assert 2 == cli.main(["batch", str(manifest), "--emulator"])
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"prefect-kandinsky: {manifest}: 2 problems in 2 rows")
+    assert "line 2 (id a): resolution: resolution must be one of 256P, 512P, 1024P" in err[1]
+    assert (
+        "line 3 (id b): prompt: prompt is required" in err[2] or "line 3 (id b): prompt" in err[2]
+    )
