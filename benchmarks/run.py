@@ -1,6 +1,6 @@
 """Run every benchmark, print a markdown table per benchmark, write them to results.md.
 
-Usage: ``python benchmarks/run.py [--quick]`` (``make bench`` runs the full set).
+Usage: ``python benchmarks/run.py [--quick] [--batch]`` (``make bench`` runs the full set).
 
 1. Persisting a large media file: ``persist_media`` versus ``httpx.get(url).content``, for
    peak memory, time and throughput, and the bytes a download cut at 50 % costs each.
@@ -10,6 +10,12 @@ Usage: ``python benchmarks/run.py [--quick]`` (``make bench`` runs the full set)
    naive retry loop versus ``KandinskyClient.submit``.
 4. Imports: wall time of ``import prefect_kandinsky`` and its first uses in fresh interpreters,
    against ``import prefect``, and the heavy modules each import loads.
+5. Batches (only with ``--batch``, about 2 minutes): ``generate_videos`` against a plain
+   asyncio + httpx script and a fan-out of three tasks per row, on the emulator and a Prefect
+   server of its own; ``batch_bench.py`` alone runs it more often and on 2,000 rows.
+6. Waits (only with ``--waits``, about 10 minutes): ``wait=poll``, ``events`` and ``suspend``
+   through deployment runs on a process worker: latency after the job completes, status
+   reads, worker-seconds held and wall time per video (``waits_bench.py`` alone takes options).
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import batch_bench
 import billing_bench
 import import_bench
 import persist_bench
 import polling_bench
+import waits_bench
 from markdown_table import Table
 
 RESULTS = Path(__file__).with_name("results.md")
@@ -48,6 +56,7 @@ class Settings:
     fault_rate: float
     extra_seeds: int
     import_repeats: int
+    batch_rows: int
 
 
 FULL = Settings(
@@ -60,6 +69,7 @@ FULL = Settings(
     fault_rate=0.10,
     extra_seeds=25,
     import_repeats=7,
+    batch_rows=200,
 )
 QUICK = Settings(
     size=32 * MIB,
@@ -71,6 +81,7 @@ QUICK = Settings(
     fault_rate=0.10,
     extra_seeds=5,
     import_repeats=3,
+    batch_rows=50,
 )
 
 
@@ -98,6 +109,16 @@ def _section(name: str, tables: list[Table], started: float) -> list[Table]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller files and fewer trials")
+    parser.add_argument(
+        "--batch",
+        action="store_true",
+        help="also run the batch benchmark (a Prefect server and the emulator; ~2 min)",
+    )
+    parser.add_argument(
+        "--waits",
+        action="store_true",
+        help="also run the wait-modes benchmark (deployment runs on a worker; ~10 min)",
+    )
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     began = time.perf_counter()
@@ -106,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Machine: {_machine()}. Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by "
         "`benchmarks/run.py`"
         + (" --quick" if args.quick else "")
+        + (" --batch" if args.batch else "")
+        + (" --waits" if args.waits else "")
         + "; this file is overwritten on each run.\n"
     )
     print(header, flush=True)
@@ -134,6 +157,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     started = time.perf_counter()
     tables += _section("imports", import_bench.run(repeats=settings.import_repeats), started)
+    if args.batch:
+        started = time.perf_counter()
+        tables += _section(
+            "batch",
+            batch_bench.run(rows=settings.batch_rows, concurrency=settings.batch_rows),
+            started,
+        )
+    if args.waits:
+        started = time.perf_counter()
+        tables += _section("waits", waits_bench.run(videos=2 if args.quick else 5), started)
     total = time.perf_counter() - began
     RESULTS.write_text(
         header
