@@ -419,7 +419,6 @@ async def submit_video(
     retries=3,
     retry_delay_seconds=[5, 30, 120],
     retry_condition_fn=retry_await,
-    tags=["kandinsky"],
 )
 async def await_video(
     job: VideoJob | str,
@@ -553,7 +552,6 @@ async def _publish_on_completion(
     retry_delay_seconds=[5, 30],
     retry_condition_fn=retry_persist,
     on_completion=[_publish_on_completion],
-    tags=["kandinsky"],
 )
 async def persist_video(
     video: CompletedVideo,
