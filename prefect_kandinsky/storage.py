@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import tempfile
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing, suppress
@@ -273,7 +274,14 @@ def _plan_local(destination: Destination, filename: str | None) -> _LocalPlan | 
         return None
     path = _local_path(destination)
     trailing_sep = os.fspath(destination).endswith(("/", os.sep))
-    if path.is_dir() or trailing_sep or (not path.exists() and not path.suffix):
+    # One stat, not is_dir() then exists(): a concurrent persist may create the directory
+    # in between, which two calls would take for a file.
+    try:
+        mode: int | None = path.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    is_dir = mode is not None and stat.S_ISDIR(mode)
+    if is_dir or trailing_sep or (mode is None and not path.suffix):
         return _LocalPlan(path, None, "")
     if filename is not None:
         raise ValueError(

@@ -805,3 +805,30 @@ def test_probe_video_without_pyav(
     monkeypatch.setitem(sys.modules, "av", None)
 
     assert probe_video(path) is None
+
+
+def test_a_directory_created_meanwhile_is_still_a_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows of a batch persist at once into a new folder: one creating it misleads no other."""
+    from prefect_kandinsky import storage
+
+    folder = tmp_path / "videos-of-the-night"
+    real_stat = Path.stat
+
+    def created_by_another_row(path: Path, *args: Any, **kwargs: Any) -> os.stat_result:
+        if path == folder and not os.path.exists(folder):
+            os.mkdir(folder)  # another row got there first, right after this look
+            raise FileNotFoundError(str(path))
+        return real_stat(path, *args, **kwargs)
+
+    def created_by_another_row_is_dir(path: Path) -> bool:
+        if path == folder and not os.path.exists(folder):
+            os.mkdir(folder)
+            return False
+        return os.path.isdir(path)
+
+    monkeypatch.setattr(Path, "stat", created_by_another_row)
+    monkeypatch.setattr(Path, "is_dir", created_by_another_row_is_dir)
+    plan = storage._plan_local(str(folder), "row-7.mp4")
+    assert plan is not None and folder == plan.directory and plan.file is None
