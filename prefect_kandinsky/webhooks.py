@@ -95,6 +95,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import hashlib
 import hmac
 import inspect
@@ -192,6 +193,26 @@ _FINAL_READ_ERRORS = (
 
 Emit = Callable[..., Any]
 """Called like ``prefect.events.emit_event`` with keyword arguments; may return an awaitable."""
+
+
+def _emit_outside_runs(emit: Emit, **event: Any) -> Any:
+    """Call ``emit`` in a context that holds no flow or task run.
+
+    Prefect's events worker adds the run of the context it was started in to every event
+    sent from a context without one. A process that ran a flow before serving callbacks
+    would name that unrelated run on each event; setting both run contexts to None where
+    the event is sent overrides it, so an event names only the flow run of its callback.
+    """
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    def call() -> Any:
+        for run_context in (FlowRunContext, TaskRunContext):
+            var: contextvars.ContextVar[Any] = run_context.__var__
+            var.set(None)
+        return emit(**event)
+
+    return contextvars.Context().run(call)
+
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -776,7 +797,8 @@ class WebhookReceiver:
             )
         name = event_name(status.status)
         try:
-            result = self._emit(
+            result = _emit_outside_runs(
+                self._emit,
                 event=name,
                 resource={
                     "prefect.resource.id": resource_id(request_id),

@@ -686,7 +686,20 @@ async def real_run(
 ) -> AsyncIterator[RealRun]:
     """Forged callbacks, then a terminal job, then a job with duplicate deliveries, all
     emitted with Prefect's own ``emit_event`` and read back from the API."""
+    from prefect import flow
     from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+
+    # Prefect's events worker keeps the run context it was started in and adds that run to
+    # every event sent without one. Start it inside a flow run, as in a user's process that
+    # ran a flow before serving callbacks: the receiver's events must still name only theirs.
+    await EventsWorker.drain_all(at_exit=False)
+
+    @flow(name="kandinsky-test-starts-the-events-worker")
+    def starts_the_events_worker() -> None:
+        emit_event(event="kandinsky.test.started", resource={"prefect.resource.id": "k.test"})
+
+    starts_the_events_worker()
 
     emulator = kandinsky_emulator_server
     emulator.reset()
