@@ -612,7 +612,12 @@ def _started_run(processes: _Processes, name: str) -> str:
 def test_a_suspended_run_holds_nothing_until_its_video_is_done(
     deployed: _Deployed, kandinsky_emulator: EmulatorServer, tmp_path: Path
 ) -> None:
-    """Submit, suspend with no process left, resume on the completion event; a lost one is swept."""
+    """Submit, suspend with no process left, resume on the completion event; a lost one is swept.
+
+    Two runs at once: one whose callback reaches the receiver, one whose callback URL leads
+    nowhere. Both suspend while their videos render; the event resumes the first, the sweep
+    deployment the second.
+    """
     import trustme
 
     ca = trustme.CA()
@@ -643,14 +648,13 @@ def test_a_suspended_run_holds_nothing_until_its_video_is_done(
                 str(port),
             ],
         )
+        worker = processes.start("worker", [PREFECT, "worker", "start", "--pool", WORK_POOL])
         _until(
             "the receiver answers",
             lambda: _healthy(f"{receiver_url}/healthz", str(tmp_path / "ca.pem")),
             timeout=60,
         )
-        processes.start("worker", [PREFECT, "worker", "start", "--pool", WORK_POOL])
         small = {
-            "prompt": "The hot-air balloon rises over the valley.",
             "image_url": kandinsky_emulator.sample_image_url,
             "resolution": "256P",
             "duration": "1s",
@@ -659,72 +663,48 @@ def test_a_suspended_run_holds_nothing_until_its_video_is_done(
             "poll_interval_seconds": "0.05",
         }
         trigger = [PREFECT, "deployment", "run", "generate-video/on-demand"]
-        processes.start(
-            "run",
-            [*trigger, *_params(small, webhook_base_url=receiver_url)],
-        )
-        run_id = _started_run(processes, "run")
+        lost_port = _free_port()
+        for name, prompt, base in (
+            ("run", "The hot-air balloon rises over the valley.", receiver_url),
+            ("lost", "The kite climbs over the dunes.", f"https://127.0.0.1:{lost_port}"),
+        ):
+            processes.start(name, [*trigger, *_params(small, prompt=prompt, webhook_base_url=base)])
+        run_id, lost_id = _started_run(processes, "run"), _started_run(processes, "lost")
 
-        suspended = _until(
-            "the run is suspended",
-            lambda: (
-                (state := _flow_run_state(deployed.api_url, run_id))["type"] == "PAUSED" and state
-            ),
+        states = _until(
+            "both runs are suspended",
+            lambda: _all_in(deployed, ("PAUSED",), run_id, lost_id),
         )
-        assert "Suspended" == suspended["name"]
-        worker = processes.started["worker"]
+        assert ["Suspended", "Suspended"] == [s["name"] for s in states]
+        _until("the flow-run processes exit", lambda: not _descendants(worker.pid), timeout=15)
+        assert ["PROCESSING", "PROCESSING"] == [
+            kandinsky_emulator.state.job(job.request_id).status.value
+            for job in kandinsky_emulator.state.jobs()
+        ], "no flow-run process is alive while the videos render"
+        by_prompt = {job.prompt: job.request_id for job in kandinsky_emulator.state.jobs()}
+        lost_job = by_prompt["The kite climbs over the dunes."]
+
+        # The first run leaves PAUSED once its event came; the lost one's never comes.
         _until(
-            "the flow-run process exits",
-            lambda: not _descendants(worker.pid),
-            timeout=15,
+            "the completion event resumes the first run",
+            lambda: _states(deployed, run_id)[0]["type"] != "PAUSED",
         )
-        (job,) = kandinsky_emulator.state.jobs()
-        assert "PROCESSING" == kandinsky_emulator.state.job(job.request_id).status.value, (
-            "no flow-run process is alive while the video renders"
-        )
-
-        final = _until(
-            "the completion event resumes and finishes the run",
-            lambda: (
-                (state := _flow_run_state(deployed.api_url, run_id))["type"]
-                in ("COMPLETED", "FAILED", "CRASHED")
-                and state
-            ),
-        )
-        assert "COMPLETED" == final["type"], final
-        assert 1 == kandinsky_emulator.state.count("submit")
-        (stored,) = videos.glob("*.mp4")
-        assert 25 == _frames(stored)
-
-        # The same, with a callback that never comes: the sweep resumes the run.
-        lost = _free_port()
-        processes.start(
-            "lost",
-            [*trigger, *_params(small, webhook_base_url=f"https://127.0.0.1:{lost}")],
-        )
-        lost_id = _started_run(processes, "lost")
-        _until(
-            "the second run is suspended",
-            lambda: _flow_run_state(deployed.api_url, lost_id)["type"] == "PAUSED",
-        )
-        second = kandinsky_emulator.state.jobs()[-1]
-        kandinsky_emulator.state.wait_for_status(second.request_id, timeout=60)
-        assert "PAUSED" == _flow_run_state(deployed.api_url, lost_id)["type"], "no event came"
+        kandinsky_emulator.state.wait_for_status(lost_job, timeout=60)
+        assert "PAUSED" == _states(deployed, lost_id)[0]["type"], "no event came"
         processes.start(
             "sweep",
             _run_deployment("sweep-videos/every-5-minutes", after_seconds="0"),
         )
-        processes.wait_ok("sweep", timeout=RUN_TIMEOUT)
-        swept = _until(
-            "the sweep resumes the second run",
-            lambda: (
-                (state := _flow_run_state(deployed.api_url, lost_id))["type"]
-                in ("COMPLETED", "FAILED", "CRASHED")
-                and state
-            ),
+        finals = _until(
+            "the event finishes the first run and the sweep the second",
+            lambda: _all_in(deployed, ("COMPLETED", "FAILED", "CRASHED"), run_id, lost_id),
         )
-        assert "COMPLETED" == swept["type"], swept
+        processes.wait_ok("sweep", timeout=RUN_TIMEOUT)
+        assert ["COMPLETED", "COMPLETED"] == [s["type"] for s in finals], finals
         assert 2 == kandinsky_emulator.state.count("submit")
+        stored = sorted(videos.glob("*.mp4"))
+        assert 2 == len(stored)
+        assert [25, 25] == [_frames(path) for path in stored]
         assert WEBHOOK_SECRET not in processes.output("receiver")
         assert kandinsky_emulator.api_key not in processes.output("receiver")
         passed = True
@@ -732,6 +712,18 @@ def test_a_suspended_run_holds_nothing_until_its_video_is_done(
         processes.stop_all()
         if not passed:
             processes.dump()
+
+
+def _states(deployed: _Deployed, *flow_run_ids: str) -> list[dict[str, Any]]:
+    return [_flow_run_state(deployed.api_url, run_id) for run_id in flow_run_ids]
+
+
+def _all_in(
+    deployed: _Deployed, types: tuple[str, ...], *flow_run_ids: str
+) -> list[dict[str, Any]] | None:
+    """The runs' states if every one is of one of ``types``, else None."""
+    states = _states(deployed, *flow_run_ids)
+    return states if all(state["type"] in types for state in states) else None
 
 
 def _params(values: dict[str, str], **more: str) -> list[str]:
