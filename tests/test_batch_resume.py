@@ -186,7 +186,18 @@ async def test_killed_mid_download_the_video_is_fetched_once_more_only(
     state.inject_fault("media", action="stall", truncate_bytes=1000, stall_seconds=30)
     manifest = write_manifest(tmp_path / "rows.csv", kandinsky_emulator, 2)
     options = settings(kandinsky_emulator, manifest, tmp_path)
-    killed_run(options, lambda: any(r.fault == "stall" for r in state.requests("media")))
+
+    def stalled_with_both_submitted() -> bool:
+        # The second row submits once the first one's render is done: kill only after its
+        # first status read (its request id is in the ledger), not in the middle of its submit.
+        jobs = state.jobs()
+        return (
+            any(r.fault == "stall" for r in state.requests("media"))
+            and len(jobs) == 2
+            and all(state.count("status", request_id=j.request_id) for j in jobs)
+        )
+
+    killed_run(options, stalled_with_both_submitted)
     (stalled,) = [r.request_id for r in state.requests("media") if r.fault == "stall"]
 
     result = await run_again(kandinsky_emulator, options)
