@@ -103,9 +103,6 @@ import json
 import logging
 import re
 import secrets
-import socket
-import threading
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -123,6 +120,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from prefect_kandinsky._serving import ServingThread, bind
 from prefect_kandinsky.client import KandinskyClient
 from prefect_kandinsky.credentials import KandinskyCredentials
 from prefect_kandinsky.exceptions import (
@@ -1038,18 +1036,6 @@ def serve(
     uvicorn.Server(config).run()
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 class WebhookServer:
     """The receiver served by uvicorn from a background thread, on a loopback port.
 
@@ -1099,10 +1085,7 @@ class WebhookServer:
         self.startup_timeout = startup_timeout
         self.log_level = log_level
         self.url = ""
-        self._server: uvicorn.Server | None = None
-        self._socket: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._failure: BaseException | None = None
+        self._serving = ServingThread("kandinsky-webhook-server", "webhook server")
 
     def callback_url(self, *, flow_run_id: UUID | str | None, nonce: str | None = None) -> str:
         """A callback URL of this server, signed with the credentials' secret."""
@@ -1118,7 +1101,7 @@ class WebhookServer:
 
     def start(self) -> WebhookServer:
         """Bind, serve from a thread, and return once the server accepts connections."""
-        if self._thread is not None:
+        if self._serving.started:
             raise RuntimeError("the webhook server is already started")
         config = _uvicorn_config(
             self.app,
@@ -1129,40 +1112,19 @@ class WebhookServer:
             log_level=self.log_level,
             log_config=None,
         )
-        self._socket = _bind(self.host, self.port)
-        port = self._socket.getsockname()[1]
+        sock = bind(self.host, self.port)
+        port = sock.getsockname()[1]
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         if ":" in host:
             host = f"[{host}]"
         self.url = f"{'https' if self.certfile else 'http'}://{host}:{port}"
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._serve, name="kandinsky-webhook-server", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + self.startup_timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                failure = self._failure
-                self.stop()
-                raise RuntimeError(
-                    f"the webhook server did not start within {self.startup_timeout}s"
-                    + (f": {failure}" if failure else "")
-                ) from failure
-            time.sleep(0.005)
+        self._serving.start([(uvicorn.Server(config), sock)], timeout=self.startup_timeout)
         return self
 
     def stop(self) -> None:
         """Stop serving, finishing the accepted work first (see ``drain_timeout``)."""
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=self.receiver.drain_timeout + 10.0)
-            self._thread = None
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-        self._server = None
+        self._serving.request_exit()
+        self._serving.join(timeout=self.receiver.drain_timeout + 10.0)
 
     def __enter__(self) -> WebhookServer:
         return self.start()
@@ -1177,13 +1139,6 @@ class WebhookServer:
 
     def __repr__(self) -> str:
         return f"WebhookServer(url={self.url!r})"
-
-    def _serve(self) -> None:
-        assert self._server is not None and self._socket is not None
-        try:
-            asyncio.run(self._server.serve(sockets=[self._socket]))
-        except BaseException as exc:  # pragma: no cover - reported by start()
-            self._failure = exc
 
 
 __all__ = [

@@ -31,11 +31,9 @@ async transport's stalls run in the caller's own tasks, which can cancel them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import queue
-import socket
 import ssl
 import threading
 import time
@@ -51,6 +49,7 @@ import uvicorn
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from starlette.types import ASGIApp, Message
 
+from prefect_kandinsky._serving import ServingThread, bind
 from prefect_kandinsky.models import JobStatus
 
 from .app import DropConnection, create_cdn_app, create_gateway_app
@@ -301,20 +300,6 @@ class EmulatorEngine:
 # --------------------------------------------------------------------------------------------
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets that say so, and without
-    # it every keep-alive answer waits ~40 ms for a delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def _url(host: str, port: int) -> str:
     if host in ("0.0.0.0", "", "::"):
         host = "127.0.0.1"
@@ -359,10 +344,7 @@ class EmulatorServer:
         self.log_level = log_level
         self.base_url = ""
         self.cdn_url = ""
-        self._servers: list[uvicorn.Server] = []
-        self._sockets: list[socket.socket] = []
-        self._thread: threading.Thread | None = None
-        self._failure: BaseException | None = None
+        self._serving = ServingThread("kandinsky-emulator-server", "emulator server")
 
     @property
     def api_key(self) -> str:
@@ -380,7 +362,7 @@ class EmulatorServer:
     @property
     def running(self) -> bool:
         """Whether the server thread is serving."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._serving.alive
 
     def upload(self, content: bytes, content_type: str = "image/png") -> str:
         """Keep an image on the CDN and return its URL, to animate a local file."""
@@ -396,52 +378,36 @@ class EmulatorServer:
 
     def start(self) -> EmulatorServer:
         """Bind, serve from a thread, and return once both origins accept connections."""
-        if self._thread is not None:
+        if self._serving.started:
             raise RuntimeError("the emulator server is already started")
-        self._sockets = [_bind(self.host, self.port)]
+        gateway = bind(self.host, self.port)
         try:
-            self._sockets.append(_bind(self.host, self.cdn_port))
+            cdn = bind(self.host, self.cdn_port)
         except OSError:
-            self._close_sockets()
+            gateway.close()
             raise
-        gateway_port = self._sockets[0].getsockname()[1]
-        cdn_port = self._sockets[1].getsockname()[1]
-        self.base_url = _url(self.host, gateway_port)
-        self.cdn_url = _url(self.host, cdn_port)
+        self.base_url = _url(self.host, gateway.getsockname()[1])
+        self.cdn_url = _url(self.host, cdn.getsockname()[1])
         self.state.cdn_url = self.cdn_url
-        self._servers = [
-            uvicorn.Server(self._config(create_gateway_app(self.state))),
-            uvicorn.Server(self._config(create_cdn_app(self.state))),
+        pairs = [
+            (uvicorn.Server(self._config(create_gateway_app(self.state))), gateway),
+            (uvicorn.Server(self._config(create_cdn_app(self.state))), cdn),
         ]
         self.engine.start()
-        self._thread = threading.Thread(
-            target=self._serve, name="kandinsky-emulator-server", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + self.startup_timeout
-        while not all(server.started for server in self._servers):
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                failure = self._failure
-                self.stop()
-                raise RuntimeError(
-                    f"the emulator server did not start within {self.startup_timeout}s"
-                    + (f": {failure}" if failure else "")
-                ) from failure
-            time.sleep(0.005)
+        try:
+            self._serving.start(pairs, timeout=self.startup_timeout)
+        except BaseException:
+            self.engine.stop()
+            raise
         return self
 
     def stop(self) -> None:
         """Stop serving (dropping stalled answers), wait for the thread, stop the engine. Safe to
         call twice."""
-        for server in self._servers:
-            server.should_exit = True
+        self._serving.request_exit()
         self.state.release_stalls()
-        if self._thread is not None:
-            self._thread.join(timeout=10.0)
-            self._thread = None
+        self._serving.join(timeout=10.0)
         self.engine.stop()
-        self._close_sockets()
-        self._servers = []
 
     def __enter__(self) -> EmulatorServer:
         return self.start()
@@ -471,25 +437,6 @@ class EmulatorServer:
             proxy_headers=False,
             timeout_graceful_shutdown=2,
         )
-
-    def _serve(self) -> None:
-        async def serve_both() -> None:
-            await asyncio.gather(
-                *(
-                    server.serve(sockets=[sock])
-                    for server, sock in zip(self._servers, self._sockets, strict=True)
-                )
-            )
-
-        try:
-            asyncio.run(serve_both())
-        except BaseException as exc:  # pragma: no cover - reported by start()
-            self._failure = exc
-
-    def _close_sockets(self) -> None:
-        for sock in self._sockets:
-            sock.close()
-        self._sockets = []
 
 
 # --------------------------------------------------------------------------------------------
