@@ -5,18 +5,19 @@ the ``generate_videos`` batch flow, the ``KandinskyCredentials`` block, an async
 ``KandinskyClient`` and the models they share.
 The gateway emulator lives in ``prefect_kandinsky.emulator``.
 
-Importing the package loads none of its submodules: each public name is imported from its
-module on first access, so ``import prefect_kandinsky``, the pytest plugin and the CLI stay
-cheap, and ``prefect_aws``, ``boto3`` and ``prefect.artifacts`` load only with the
-tasks and the flow that use them. ``dir()`` and ``inspect.getmembers`` still list every
-public name. Prefect finds the credentials block through the ``prefect.collections`` entry
-point, which names ``prefect_kandinsky.credentials``.
+Importing the package loads none of the modules behind its public names: each name is
+imported from its module on first access, so ``import prefect_kandinsky``, the pytest plugin
+and the CLI stay cheap, and ``prefect_aws``, ``boto3`` and ``prefect.artifacts`` load only
+with the tasks and the flow that use them. ``dir()`` and ``inspect.getmembers`` still list
+every public name. Prefect finds the credentials block through the ``prefect.collections``
+entry point, which names ``prefect_kandinsky.credentials``.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from prefect_kandinsky._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from prefect_kandinsky.artifacts import publish_video_artifacts
@@ -170,17 +171,4 @@ __all__ = [
 if not TYPE_CHECKING:
     # Hidden from type checkers, which read the imports above instead: a misspelt name stays
     # an error for mypy and IDEs rather than becoming ``Any``.
-
-    def __getattr__(name: str) -> Any:
-        """Import a public name from its module on first access (PEP 562), then keep it."""
-        module = _LAZY.get(name)
-        if module is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value
-        return value
-
-
-def __dir__() -> list[str]:
-    """The module's attributes and every public name, loaded or not."""
-    return sorted({*globals(), *_LAZY})
+    __getattr__, __dir__ = lazy_exports(globals(), _LAZY)

@@ -52,7 +52,7 @@ from prefect_kandinsky.exceptions import (
     KandinskyServerError,
     KandinskySubmitUncertainError,
 )
-from prefect_kandinsky.inputs import check_image as check_image_url
+from prefect_kandinsky.inputs import check_image as check_input_image
 from prefect_kandinsky.models import (
     CompletedVideo,
     JobStatus,
@@ -250,7 +250,7 @@ def _persist_run_name() -> str:
 
 async def _checked_input(url: str, logger: Any) -> str | None:
     """Check the input image before paying; return its thumbnail as a data: URI, if any."""
-    checked = await check_image_url(url, read_content=True)
+    checked = await check_input_image(url, read_content=True)
     logger.info(
         "Input image %s is a %s (%s bytes)",
         url.split("?", 1)[0],

@@ -29,8 +29,9 @@ needs them is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from prefect_kandinsky._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from prefect_kandinsky.assets import SAMPLE_IMAGE_PATH, sample_image_bytes
@@ -138,17 +139,4 @@ __all__ = [
 if not TYPE_CHECKING:
     # Hidden from type checkers, which read the imports above instead: a misspelt name stays
     # an error for mypy and IDEs rather than becoming ``Any``.
-
-    def __getattr__(name: str) -> Any:
-        """Import a public name from its module on first access (PEP 562), then keep it."""
-        module = _LAZY.get(name)
-        if module is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value
-        return value
-
-
-def __dir__() -> list[str]:
-    """The module's attributes and every public name, loaded or not."""
-    return sorted({*globals(), *_LAZY})
+    __getattr__, __dir__ = lazy_exports(globals(), _LAZY)

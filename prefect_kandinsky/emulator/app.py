@@ -342,11 +342,9 @@ async def _fault_response(request: Request, fault: Fault, state: EmulatorState) 
         # Read the request to its end first: closing a socket with request bytes unread (or
         # still arriving) resets the connection (httpx.ReadError) instead of closing it.
         await request.body()
-    if fault.action == "stall":
-        request.scope[_LOG_KEY](None)  # in the log while held, for tests that watch it
-        await _hold(request.scope, state, fault.stall_seconds)
-        raise DropConnection
-    if fault.action == "drop":
+        if fault.action == "stall":
+            request.scope[_LOG_KEY](None)  # in the log while held, for tests that watch it
+            await _hold(request.scope, state, fault.stall_seconds)
         raise DropConnection
     return JSONResponse(
         fault.response_body(), status_code=fault.status_code, headers=fault.response_headers()

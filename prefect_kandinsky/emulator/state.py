@@ -1024,7 +1024,6 @@ class EmulatorState:
         """End every answer a ``stall`` fault is holding now: each drops its connection."""
         with self._lock:
             self._stall_epoch += 1
-            self._changed.notify_all()
 
     def take_fault(self, route: Route, *, allow_truncate: bool = True) -> Fault | None:
         """Use one time of the first fault planned for ``route`` and return it (times=1).
