@@ -447,7 +447,7 @@ class WaitProgress:
         if not _in_run():
             return
         self.progress = progress
-        description = f"{short_prompt(self.prompt, 60)} — {self.request_id}: {what}"
+        description = _describe(self.prompt, f"{self.request_id}: {what}")
         if self._last == (round(progress), description):
             return
         self._last = (round(progress), description)
@@ -467,6 +467,8 @@ BATCH_THUMBNAILS = 48
 """Stored rows shown as thumbnails in a batch summary; the table lists every row."""
 BATCH_ERRORS = 20
 """Rows not stored whose error a batch summary quotes."""
+THUMB_WIDTH = 96
+"""Width of a row's thumbnail in a batch summary, in pixels."""
 PROGRESS_INTERVAL_SECONDS = 1.0
 """A batch's progress artifact changes at most this often (and when the last row ends)."""
 
@@ -611,10 +613,6 @@ def batch_markdown(result: BatchResult) -> str:
     return "\n".join(lines)
 
 
-THUMB_WIDTH = 96
-"""Width of a row's thumbnail in a batch summary, in pixels."""
-
-
 async def publish_batch_artifacts(result: BatchResult) -> list[UUID]:
     """Create the batch's table (one row per video) and its summary."""
     if not _in_run():
@@ -624,12 +622,11 @@ async def publish_batch_artifacts(result: BatchResult) -> list[UUID]:
         await acreate_table_artifact(
             table=batch_table(result),
             key=batch_key(result.batch_id, ""),
-            description=f"{short_prompt(result.batch_id, 60)} — {what}: every row",
+            description=_describe(result.batch_id, f"{what}: every row"),
         ),
         await acreate_markdown_artifact(
             markdown=batch_markdown(result),
             key=batch_key(result.batch_id, "summary"),
-            description=f"{short_prompt(result.batch_id, 60)} — {what}, "
-            f"${result.charged_usd:.2f} charged",
+            description=_describe(result.batch_id, f"{what}, ${result.charged_usd:.2f} charged"),
         ),
     ]

@@ -62,10 +62,10 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from functools import partial
+from functools import cache, partial
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -90,6 +90,7 @@ if TYPE_CHECKING:
     from prefect_aws import S3Bucket
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 MAX_IMAGE_CHECK_REDIRECTS = 5
 """Redirects the image check follows before it gives up on a URL."""
@@ -142,12 +143,16 @@ def _user_agent() -> str:
         return "prefect-kandinsky"
 
 
-_HEADERS = {
-    "User-Agent": _user_agent(),
-    "Accept": "image/*",
-    # identity: Content-Length is then the image's size.
-    "Accept-Encoding": "identity",
-}
+@cache
+def _headers() -> dict[str, str]:
+    """The check's request headers, made at the first check (not at import: the version
+    lookup reads package metadata from disk)."""
+    return {
+        "User-Agent": _user_agent(),
+        "Accept": "image/*",
+        # identity: Content-Length is then the image's size.
+        "Accept-Encoding": "identity",
+    }
 
 
 @dataclass(frozen=True)
@@ -286,30 +291,38 @@ async def check_images(
     distinct = list(dict.fromkeys(urls))
     if not distinct:
         return {}
+    workers = min(concurrency, len(distinct))
     if client is not None:
         _refuse_credentials(client)
-    outcomes: dict[str, CheckedImage | KandinskyImageError] = {}
+        return await _outcomes(
+            distinct, workers, partial(check_image, timeout=timeout, client=client)
+        )
+    async with _plain_client(timeout, connections=workers) as own:
+        return await _outcomes(distinct, workers, partial(check_image, timeout=timeout, client=own))
+
+
+async def _outcomes(
+    distinct: list[str], workers: int, attempt: Callable[[str], Awaitable[_T]]
+) -> dict[str, _T | KandinskyImageError]:
+    """Run ``attempt`` on each item, ``workers`` at a time; a KandinskyImageError is an outcome.
+
+    Returns:
+        One outcome per item, in the order of ``distinct``.
+    """
+    outcomes: dict[str, _T | KandinskyImageError] = {}
     pending = iter(distinct)
-    workers = min(concurrency, len(distinct))
 
-    async def work(http: httpx.AsyncClient) -> None:
-        for url in pending:
+    async def work() -> None:
+        for item in pending:
             try:
-                outcomes[url] = await check_image(url, timeout=timeout, client=http)
+                outcomes[item] = await attempt(item)
             except KandinskyImageError as exc:
-                outcomes[url] = exc
+                outcomes[item] = exc
 
-    async def run(http: httpx.AsyncClient) -> None:
-        async with anyio.create_task_group() as group:
-            for _ in range(workers):
-                group.start_soon(work, http)
-
-    if client is not None:
-        await run(client)
-    else:
-        async with _plain_client(timeout, connections=workers) as own:
-            await run(own)
-    return {url: outcomes[url] for url in distinct}
+    async with anyio.create_task_group() as group:
+        for _ in range(workers):
+            group.start_soon(work)
+    return {item: outcomes[item] for item in distinct}
 
 
 def redact_url(url: str) -> str:
@@ -432,7 +445,7 @@ async def _open(
     client: httpx.AsyncClient, target: httpx.URL, io_timeout: float, shown: str
 ) -> httpx.Response:
     request = client.build_request(
-        "GET", target, headers=_HEADERS, timeout=httpx.Timeout(io_timeout)
+        "GET", target, headers=_headers(), timeout=httpx.Timeout(io_timeout)
     )
     for _ in range(MAX_IMAGE_CHECK_REDIRECTS + 1):
         response = await client.send(request, stream=True, follow_redirects=False)
@@ -665,7 +678,6 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 _S3_ABSENT = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
 _S3_DENIED = frozenset({"403", "AccessDenied", "Forbidden", "AllAccessDisabled"})
 _SOURCE_FORMS = "a local file path, an s3://bucket/key URI or an http(s) URL"
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -863,20 +875,7 @@ async def prepare_images(
     if not distinct:
         return {}
     preparer = _Preparer(bucket, expires_seconds, folder)
-    outcomes: dict[str, PreparedImage | KandinskyImageError] = {}
-    pending = iter(distinct)
-
-    async def work() -> None:
-        for source in pending:
-            try:
-                outcomes[source] = await preparer.prepare(source)
-            except KandinskyImageError as exc:
-                outcomes[source] = exc
-
-    async with anyio.create_task_group() as group:
-        for _ in range(min(concurrency, len(distinct))):
-            group.start_soon(work)
-    return {source: outcomes[source] for source in distinct}
+    return await _outcomes(distinct, min(concurrency, len(distinct)), preparer.prepare)
 
 
 def _max_presign_seconds() -> int:

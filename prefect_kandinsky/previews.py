@@ -31,7 +31,7 @@ import io
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -362,13 +362,10 @@ def _fit_width(width: int, height: int, max_width: int) -> tuple[int, int]:
     return new_width, new_height
 
 
-def _scale(frame: VideoFrame, width: int, height: int, pixel_format: str = "") -> VideoFrame:
-    return frame.reformat(
-        width=width,
-        height=height,
-        format=pixel_format or _JPEG_PIXEL_FORMAT,
-        interpolation=_SCALER,
-    )
+def _scale(
+    frame: VideoFrame, width: int, height: int, pixel_format: str = _JPEG_PIXEL_FORMAT
+) -> VideoFrame:
+    return frame.reformat(width=width, height=height, format=pixel_format, interpolation=_SCALER)
 
 
 def _encode_jpeg(frame: VideoFrame, qscale: int, at_seconds: float | None = None) -> Picture:
@@ -407,19 +404,11 @@ def _sample(
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     timestamps, keyframes, time_base = _index(path)
-    last = len(timestamps) - 1
-    count = min(frames, len(timestamps))
-    strip_indices = sorted(
-        {round(i * last / (count - 1)) if count > 1 else 0 for i in range(count)}
-    )
+    strip_timestamps = {timestamps[i] for i in _spread(len(timestamps), frames)}
     # The clip shows one frame per 1/CLIP_FPS second, the nearest one in time.
-    clip_ticks: list[int] = []
-    if clip:
-        clip_ticks = _clip_indices(timestamps, time_base)
-    wanted = sorted({timestamps[i] for i in strip_indices} | {timestamps[i] for i in clip_ticks})
-
-    strip_timestamps = {timestamps[i] for i in strip_indices}
+    clip_ticks = _clip_indices(timestamps, time_base) if clip else []
     clip_timestamps = {timestamps[i] for i in clip_ticks}
+    wanted = sorted(strip_timestamps | clip_timestamps)
     strip: list[_Sampled] = []
     clip_by_timestamp: dict[int, VideoFrame] = {}
     with av.open(str(path), mode="r") as container:
@@ -570,12 +559,18 @@ def _encode_all(sampled: Sequence[_Sampled], *, width: int, qscale: int) -> list
 
 def _thin(pictures: Sequence[Picture], keep: int) -> tuple[Picture, ...]:
     """``keep`` of ``pictures`` spread evenly, the first and last included when ``keep > 1``."""
+    return tuple(pictures[i] for i in _spread(len(pictures), keep))
+
+
+def _spread(length: int, keep: int) -> list[int]:
+    """``keep`` (at most ``length``) indices of ``length`` items spread evenly, first to last."""
+    keep = min(keep, length)
     if keep <= 0:
-        return ()
+        return []
     if keep == 1:
-        return (pictures[0],)
-    last = len(pictures) - 1
-    return tuple(pictures[i] for i in sorted({round(i * last / (keep - 1)) for i in range(keep)}))
+        return [0]
+    last = length - 1
+    return sorted({round(i * last / (keep - 1)) for i in range(keep)})
 
 
 def _encode_clip_safely(frames: Sequence[VideoFrame], path: str | os.PathLike[str]) -> Clip | None:
@@ -595,23 +590,47 @@ def _encode_clip(frames: Sequence[VideoFrame]) -> Clip | None:
     if CLIP_ENCODER not in av.codecs_available:
         return None
     width, height = frames[0].width, frames[0].height
-    # +faststart rewrites the file at the end, which FFmpeg only does on a real file.
-    with tempfile.TemporaryDirectory(prefix="kandinsky-preview-") as folder:
-        output = Path(folder) / "clip.mp4"
+    data = encode_mp4(
+        frames, width=width, height=height, fps=CLIP_FPS, options=CLIP_ENCODER_OPTIONS
+    )
+    return Clip(data=data, width=width, height=height, fps=CLIP_FPS, frames=len(frames))
+
+
+def encode_mp4(
+    frames: Iterable[VideoFrame],
+    *,
+    width: int,
+    height: int,
+    fps: int,
+    options: dict[str, str],
+    codec: str = CLIP_ENCODER,
+    pixel_format: str = _CLIP_PIXEL_FORMAT,
+) -> bytes:
+    """Encode ``frames`` as an MP4 with its index first (``+faststart``); return its bytes.
+
+    The frames are numbered from 0 at ``fps``; the encoder converts them to ``width`` x
+    ``height`` in ``pixel_format``. ``options`` go to the ``codec`` (preset, crf...). The
+    emulator renders its videos through this too.
+    """
+    import av
+
+    # +faststart (index first, for progressive download) rewrites the file at the end, which
+    # FFmpeg only does on a real file: encode into a temporary one.
+    with tempfile.TemporaryDirectory(prefix="kandinsky-mp4-") as folder:
+        output = Path(folder) / "video.mp4"
         with av.open(
             str(output), mode="w", format="mp4", container_options={"movflags": "+faststart"}
         ) as container:
-            stream = container.add_stream(CLIP_ENCODER, rate=CLIP_FPS, options=CLIP_ENCODER_OPTIONS)
+            stream = container.add_stream(codec, rate=fps, options=options)
             if not isinstance(stream, av.VideoStream):  # pragma: no cover - libx264 is video
-                raise TypeError(f"{CLIP_ENCODER} did not give a video stream")
+                raise TypeError(f"{codec} did not give a video stream")
             stream.width = width
             stream.height = height
-            stream.pix_fmt = _CLIP_PIXEL_FORMAT
-            stream.codec_context.time_base = Fraction(1, CLIP_FPS)
+            stream.pix_fmt = pixel_format
+            stream.codec_context.time_base = Fraction(1, fps)
             for index, frame in enumerate(frames):
                 frame.pts = index
-                frame.time_base = Fraction(1, CLIP_FPS)
+                frame.time_base = Fraction(1, fps)
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))
-        data = output.read_bytes()
-    return Clip(data=data, width=width, height=height, fps=CLIP_FPS, frames=len(frames))
+        return output.read_bytes()

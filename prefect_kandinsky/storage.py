@@ -74,8 +74,6 @@ Destination: TypeAlias = str | os.PathLike[str] | S3Bucket | WritableFileSystem
 
 MAX_PRESIGN_EXPIRES_SECONDS = 7 * 24 * 3600
 """The longest lifetime S3 (SigV4) allows a presigned URL."""
-DEFAULT_PREVIEW_FRAMES = 5
-"""Frames in the strip of a video's preview."""
 MAX_STEM_LENGTH = 200
 """Longest file name stem made from a request id, leaving room for an extension."""
 
@@ -500,9 +498,9 @@ def _describe(
     facts = probe_video(path) or VideoFacts()
     if preview is False:
         return facts, None
-    from prefect_kandinsky.previews import PREVIEW_MAX_WIDTH, embedded_preview
+    from prefect_kandinsky.previews import PREVIEW_FRAMES, PREVIEW_MAX_WIDTH, embedded_preview
 
-    frames = DEFAULT_PREVIEW_FRAMES if preview is True else int(preview)
+    frames = PREVIEW_FRAMES if preview is True else int(preview)
     return facts, embedded_preview(
         path, frames=frames, max_width=width or PREVIEW_MAX_WIDTH, clip=preview is True
     )

@@ -12,20 +12,22 @@ Example:
     probe_video(mp4)  # VideoFacts(codec='h264', width=384, height=256, frames=25, fps=24.0, ...)
     ```
 
-PyAV, Pillow and NumPy come with the ``emulator`` extra; they are imported here only, so the
-rest of the emulator imports without them.
+PyAV, Pillow and NumPy come with the ``emulator`` extra; they are imported only when a video
+is rendered (the encoding is `prefect_kandinsky.previews.encode_mp4`'s), so the rest of the
+emulator imports without them.
 """
 
 from __future__ import annotations
 
 import io
-import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from prefect_kandinsky.previews import encode_mp4
+
 if TYPE_CHECKING:
+    from av.video.frame import VideoFrame
     from PIL.Image import Image
 
 FPS = 24
@@ -112,39 +114,28 @@ def render_video(image: bytes, *, height: int, seconds: int, fps: int = FPS) -> 
     canvas = source.resize(
         (round(width * margin), round(height * margin)), Image.Resampling.LANCZOS
     )
-    total = frame_count(seconds, fps)
+    frames = _frames(canvas, width=width, height=height, total=frame_count(seconds, fps))
+    return encode_mp4(
+        frames,
+        width=width,
+        height=height,
+        fps=fps,
+        options=ENCODER_OPTIONS,
+        codec=CODEC,
+        pixel_format=PIXEL_FORMAT,
+    )
 
-    # +faststart (index first, for progressive download) rewrites the file at the end, which
-    # FFmpeg only does on a real file: encode into a temporary one.
-    with tempfile.TemporaryDirectory(prefix="kandinsky-emulator-") as folder:
-        path = Path(folder) / "output.mp4"
-        _encode(canvas, path, width=width, height=height, total=total, fps=fps)
-        return path.read_bytes()
 
-
-def _encode(canvas: Image, path: Path, *, width: int, height: int, total: int, fps: int) -> None:
+def _frames(canvas: Image, *, width: int, height: int, total: int) -> Iterator[VideoFrame]:
+    """The ``total`` frames of the camera's move over ``canvas``, made one at a time."""
     import av
     import numpy as np
     from PIL.Image import Resampling
 
-    with av.open(
-        str(path), mode="w", format="mp4", container_options={"movflags": "+faststart"}
-    ) as container:
-        stream = container.add_stream(CODEC, rate=fps, options=ENCODER_OPTIONS)
-        if not isinstance(stream, av.VideoStream):  # pragma: no cover - libx264 is video
-            raise TypeError(f"{CODEC} did not give a video stream")
-        stream.width = width
-        stream.height = height
-        stream.pix_fmt = PIXEL_FORMAT
-        stream.codec_context.time_base = Fraction(1, fps)
-        for index in range(total):
-            box = _camera_box(canvas.width, canvas.height, index / (total - 1 or 1))
-            picture = canvas.resize((width, height), Resampling.BILINEAR, box=box)
-            frame = av.VideoFrame.from_ndarray(np.asarray(picture), format="rgb24")
-            frame.pts = index
-            frame.time_base = Fraction(1, fps)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+    for index in range(total):
+        box = _camera_box(canvas.width, canvas.height, index / (total - 1 or 1))
+        picture = canvas.resize((width, height), Resampling.BILINEAR, box=box)
+        yield av.VideoFrame.from_ndarray(np.asarray(picture), format="rgb24")
 
 
 def _camera_box(width: int, height: int, progress: float) -> tuple[float, float, float, float]:
