@@ -66,15 +66,15 @@ from prefect_kandinsky.exceptions import (
     KandinskyManifestError,
     KandinskyMediaExpiredError,
     KandinskySubmitUncertainError,
-    KandinskyWaitTimeoutError,
 )
 from prefect_kandinsky.flows import load_credentials, load_destination
 from prefect_kandinsky.inputs import check_images, prepare_images, presign_lifetime
-from prefect_kandinsky.ledger import Attempt, Ledger, RowRecord, RowState
+from prefect_kandinsky.ledger import Attempt, Ledger, RowRecord, RowState, summarize
 from prefect_kandinsky.manifests import (
     BatchRow,
     RowProblem,
     check_budget,
+    default_batch_id,
     estimate_batch_cost,
     load_manifest,
     row_key,
@@ -87,6 +87,7 @@ from prefect_kandinsky.models import (
     WebhookMode,
 )
 from prefect_kandinsky.storage import Destination, output_filename, persist_media
+from prefect_kandinsky.tasks import _callback_url
 from prefect_kandinsky.waits import DEFAULT_SAFETY_POLL_SECONDS, EventSignals, wait_with_signals
 
 DEFAULT_MAX_CONCURRENCY = 16
@@ -137,10 +138,7 @@ class BatchResult(BaseModel):
     @property
     def counts(self) -> dict[str, int]:
         """Rows per state, e.g. ``{"stored": 198, "failed": 2}``."""
-        counts: dict[str, int] = {}
-        for row in self.rows:
-            counts[row.state] = counts.get(row.state, 0) + 1
-        return counts
+        return summarize(self.rows)
 
     @property
     def complete(self) -> bool:
@@ -275,13 +273,7 @@ class _Rows:
         return list(await asyncio.gather(*(self._row(row, known.get(row.key)) for row in rows)))
 
     async def _row(self, row: PreparedRow, record: RowRecord | None) -> RowRecord:
-        record = record or RowRecord(
-            key=row.key,
-            row_id=row.row_id,
-            line=row.line,
-            prompt=row.prompt,
-            estimated_cost_usd=row.estimated_cost_usd,
-        )
+        record = record or _new_record(row)
         try:
             record = await self._advance(row, record)
         except Exception as exc:  # one row's surprise never stops the others
@@ -385,7 +377,7 @@ class _Rows:
                     on_poll=seen,
                     raise_on_failure=False,
                 )
-        except (KandinskyWaitTimeoutError, KandinskyError) as exc:
+        except KandinskyError as exc:  # KandinskyWaitTimeoutError among them
             # Still at the gateway (or unreachable for now): a re-run waits for it again.
             return await self._save(record, error=str(exc)), None
         attempts = list(record.attempts)
@@ -498,19 +490,8 @@ def _callback_maker(
         )
     if base is None:
         return None
-    secret = credentials.webhook_secret
-    if secret is None:
-        raise ValueError(
-            "webhook_base_url needs a webhook_secret on the KandinskyCredentials block (the "
-            "receiver checks each callback's token with it): set one, the same the receiver "
-            "uses, or KANDINSKY_WEBHOOK_SECRET"
-        )
-    from prefect_kandinsky.webhooks import callback_url
-
-    flow_run_id = runtime_flow_run.id
-    local = base.startswith("http://127.0.0.1")
-    callback_url(base, secret, flow_run_id=flow_run_id, allow_http=local)  # refuse a bad base now
-    return lambda: callback_url(base, secret, flow_run_id=flow_run_id, allow_http=local)
+    _callback_url(base, None, credentials)  # refuse a missing secret or a bad base now
+    return lambda: _callback_url(base, None, credentials)
 
 
 # -- the flows ----------------------------------------------------------------------------------
@@ -632,10 +613,7 @@ async def generate_videos_chunk(
         progress=progress,
     )
     await progress.finish()
-    counts: dict[str, int] = {}
-    for record in records:
-        counts[record.state] = counts.get(record.state, 0) + 1
-    return counts
+    return summarize(records)
 
 
 @flow(name="generate-videos", flow_run_name=_batch_run_name)
@@ -752,7 +730,7 @@ async def generate_videos(
             "rows from another list's rows of the same id: pass batch_id='catalogue-2026-11' "
             "(the same on every run of this batch)"
         )
-    batch = batch_id or manifest.source
+    batch = batch_id or default_batch_id(manifest)
     keyed = [(row_key(batch, row), row) for row in manifest.rows]
     book = await Ledger.open(await _load_ledger_location(ledger), batch)
     known = await book.read_all(key for key, _ in keyed)
@@ -776,6 +754,7 @@ async def generate_videos(
         source=manifest.source,
     )
     prepared = _prepare(keyed, urls, folder)
+    stored_before = sum(1 for record in known.values() if record.done)
     logger.info(
         "Batch %s: %d rows, %d to submit (estimated $%.2f%s), %d stored before; ledger %s",
         batch,
@@ -783,11 +762,11 @@ async def generate_videos(
         len(todo),
         estimate.total_usd,
         f", {estimate.unknown_rows} without a documented price" if estimate.unknown_rows else "",
-        sum(1 for record in known.values() if record.done),
+        stored_before,
         book.where,
     )
     progress = BatchProgress(len(prepared), title=f"Batch {batch}")
-    await progress.start(sum(1 for record in known.values() if record.done))
+    await progress.start(stored_before)
     settings = RowSettings(
         max_concurrency=max_concurrency,
         rate_limit=rate_limit,
@@ -815,7 +794,10 @@ async def generate_videos(
             progress=progress,
         )
         final = await book.read_all(row.key for row in prepared)
-        records = [final.get(row.key) or _never_started(row) for row in prepared]
+        records = [
+            final.get(row.key) or _new_record(row, error="its chunk did not start it")
+            for row in prepared
+        ]
     else:
         records = await run_rows(
             prepared,
@@ -845,12 +827,13 @@ async def generate_videos(
     return result
 
 
-def _never_started(row: PreparedRow) -> RowRecord:
+def _new_record(row: PreparedRow, *, error: str | None = None) -> RowRecord:
+    """The record of a row not started yet: pending, nothing paid."""
     return RowRecord(
         key=row.key,
         row_id=row.row_id,
         line=row.line,
         prompt=row.prompt,
         estimated_cost_usd=row.estimated_cost_usd,
-        error="its chunk did not start it",
+        error=error,
     )

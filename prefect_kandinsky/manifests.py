@@ -44,9 +44,10 @@ import io
 import json
 import os
 import posixpath
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -652,12 +653,8 @@ class _JsonObject(dict[str, Any]):
 
 def _json_object(pairs: list[tuple[str, Any]]) -> _JsonObject:
     obj = _JsonObject(pairs)
-    obj.duplicates = [key for key in dict.fromkeys(k for k, _ in pairs) if _count(pairs, key) > 1]
+    obj.duplicates = [key for key, n in Counter(k for k, _ in pairs).items() if n > 1]
     return obj
-
-
-def _count(pairs: list[tuple[str, Any]], key: str) -> int:
-    return sum(1 for k, _ in pairs if k == key)
 
 
 def _parse_jsonl(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[RowProblem]]:
@@ -766,6 +763,8 @@ def _validate(
     rows: list[BatchRow] = []
     ids: dict[str, int] = {}
     count = 0
+    # The folder relative image paths are read from: resolved once, for the first of them.
+    base = cache(lambda: (base_dir or Path.cwd()).resolve())
     for line, mapping in raw:
         count += 1
         values, row_problems = _normalise(line, mapping)
@@ -787,7 +786,7 @@ def _validate(
             else:
                 ids[row_id] = line
         if "image" in values:
-            values["image"], image_problem = _resolve_image(line, values["image"], base_dir)
+            values["image"], image_problem = _resolve_image(line, values["image"], base)
             if image_problem is not None:
                 row_problems.append(image_problem)
         try:
@@ -864,7 +863,7 @@ def _normalise(line: int, mapping: object) -> tuple[dict[str, Any], list[RowProb
 
 
 def _resolve_image(
-    line: int, value: object, base_dir: Path | None
+    line: int, value: object, folder: Callable[[], Path]
 ) -> tuple[object, RowProblem | None]:
     """A local image as an absolute path, with a problem if it is not an existing file."""
     if not isinstance(value, str) or not value.strip():
@@ -873,7 +872,7 @@ def _resolve_image(
     if "://" in text or _image_kind(text) != "file":
         return value, None
     path = Path(os.path.expanduser(text))
-    base = (base_dir or Path.cwd()).resolve()
+    base = folder()
     resolved = Path(os.path.abspath(path if path.is_absolute() else base / path))
     if resolved.is_file():
         return str(resolved), None
@@ -985,30 +984,14 @@ async def load_manifest(
         KandinskyManifestError: the manifest cannot be read, or has invalid rows.
         ValueError: an ``s3://`` manifest without ``s3_bucket``, or an unknown format.
     """
-    if not isinstance(manifest, (str, os.PathLike)):
-        items = list(manifest)
-        raw = [(index, _item_values(item)) for index, item in enumerate(items, start=1)]
-        rows, problems = await anyio.to_thread.run_sync(
-            partial(_validate, raw, base_dir=None, known_missing=frozenset())
-        )
-        if problems:
-            raise manifest_error("rows", problems)
-        return _manifest("rows", rows)
-    name = os.fspath(manifest)
-    chosen = detect_format(name.strip(), format)
-    if name.strip()[:5].lower() == "s3://":
-        source, text = await _read_s3(name.strip(), s3_bucket)
-        base_dir = None
+    if isinstance(manifest, (str, os.PathLike)):
+        name = os.fspath(manifest)
+        chosen = detect_format(name.strip(), format)
+        source, text, base_dir = await _read_manifest(name, s3_bucket)
+        parsed, parse_problems = _parse(text, chosen)
     else:
-        block_path = _block_path(name)
-        local = await anyio.to_thread.run_sync(_read_local, name, block_path is None)
-        if local is None and block_path is not None:
-            source, text, base_dir = await _read_block(*block_path)
-        else:
-            assert local is not None
-            source, text = local
-            base_dir = Path(source).parent
-    parsed, parse_problems = _parse(text, chosen)
+        source, base_dir, parse_problems = "rows", None, []
+        parsed = [(index, _item_values(item)) for index, item in enumerate(manifest, start=1)]
     missing = frozenset(
         p.field
         for p in parse_problems
@@ -1034,6 +1017,20 @@ def _manifest(source: str, rows: list[BatchRow]) -> Manifest:
     return Manifest(
         source=source, rows=rows, digest=hashlib.sha256(_canonical(canonical)).hexdigest()
     )
+
+
+async def _read_manifest(name: str, s3_bucket: Any | None) -> tuple[str, str, Path | None]:
+    """(source, text, folder of its relative image paths) of a manifest file."""
+    if name.strip()[:5].lower() == "s3://":
+        source, text = await _read_s3(name.strip(), s3_bucket)
+        return source, text, None
+    block_path = _block_path(name)
+    local = await anyio.to_thread.run_sync(_read_local, name, block_path is None)
+    if local is None:  # not a local file: the path in a storage block
+        assert block_path is not None
+        return await _read_block(*block_path)
+    source, text = local
+    return source, text, Path(source).parent
 
 
 def _item_values(item: object) -> Any:
