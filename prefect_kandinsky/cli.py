@@ -50,9 +50,9 @@ DEMO_PROMPT = (
     "The sun slowly rises over the hills, the camera gently pushes in, warm morning light."
 )
 PROG = "prefect-kandinsky"
+_KEY_WAY_OUT_WITHOUT_A_BLOCK = "set KANDINSKY_API_KEY, or add --emulator to run offline for free"
 KEY_WAY_OUT = (
-    "pass --credentials NAME (a saved KandinskyCredentials block), set KANDINSKY_API_KEY, "
-    "or add --emulator to run offline for free"
+    f"pass --credentials NAME (a saved KandinskyCredentials block), {_KEY_WAY_OUT_WITHOUT_A_BLOCK}"
 )
 
 
@@ -261,7 +261,7 @@ def _credentials(args: argparse.Namespace, server: Any) -> KandinskyCredentials:
             raise UsageError(
                 f"--credentials {args.credentials!r}: no KandinskyCredentials block of that "
                 f"name on the Prefect API ({exc.__class__.__name__}); save one, or "
-                f"{KEY_WAY_OUT.split(', ', 1)[1]}"
+                f"{_KEY_WAY_OUT_WITHOUT_A_BLOCK}"
             ) from exc
         return loaded
     if not os.environ.get(API_KEY_ENV, "").strip():
@@ -348,23 +348,39 @@ def _silence_prefect_console() -> None:
 def _run_flow(verbose: bool, **parameters: Any) -> Any:
     """Run ``generate_video`` showing live progress; return its final state."""
     from rich.console import Console
+
+    from prefect_kandinsky.flows import generate_video
+
+    display = _Display(Console(stderr=True))
+    return _run_live(generate_video, parameters, display, display, verbose, refresh_per_second=8)
+
+
+def _run_live(
+    flow: Any,
+    parameters: dict[str, Any],
+    display: _Display | _BatchDisplay,
+    renderable: RenderableType,
+    verbose: bool,
+    **live: Any,
+) -> Any:
+    """Run ``flow`` with the parameters that are not None; return its final state.
+
+    ``display`` hears the progress events; ``renderable`` shows live on a terminal unless
+    ``verbose``, which also leaves Prefect's own log lines on.
+    """
     from rich.live import Live
 
     from prefect_kandinsky._watch import watching
-    from prefect_kandinsky.flows import generate_video
 
-    console = Console(stderr=True)
-    display = _Display(console)
-    parameters = {k: v for k, v in parameters.items() if v is not None}
     if not verbose:
         _silence_prefect_console()
     with (
         watching(display.on_event),
-        Live(display, console=console, transient=True, refresh_per_second=8)
-        if console.is_terminal and not verbose
+        Live(renderable, console=display.console, transient=True, **live)
+        if display.console.is_terminal and not verbose
         else contextlib.nullcontext(),
     ):
-        return asyncio.run(_call(generate_video, parameters))
+        return asyncio.run(_call(flow, _set(parameters)))
 
 
 async def _call(flow: Any, parameters: dict[str, Any]) -> Any:
@@ -580,15 +596,14 @@ def _batch_rows(args: argparse.Namespace, server: Any) -> tuple[Any, str | None,
 
 def _batch(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.live import Live
 
-    from prefect_kandinsky._watch import watching
     from prefect_kandinsky.batch import generate_videos
 
     with _emulator(args.emulator) as server:
         credentials = _credentials(args, server)
         rows, batch_id, total = _batch_rows(args, server)
         parameters = {
+            "rows": rows,
             "credentials": credentials if server is not None else args.credentials,
             "destination": args.output,
             "max_concurrency": args.max_concurrency,
@@ -602,17 +617,8 @@ def _batch(args: argparse.Namespace) -> int:
             "resubmit_uncertain": args.resubmit_uncertain,
             "poll_interval_seconds": args.poll_interval,
         }
-        console = Console(stderr=True)
-        display = _BatchDisplay(console, total)
-        if not args.verbose:
-            _silence_prefect_console()
-        with (
-            watching(display.on_event),
-            Live(display.progress, console=console, transient=True)
-            if console.is_terminal and not args.verbose
-            else contextlib.nullcontext(),
-        ):
-            state = asyncio.run(_call(generate_videos, {"rows": rows, **_set(parameters)}))
+        display = _BatchDisplay(Console(stderr=True), total)
+        state = _run_live(generate_videos, parameters, display, display.progress, args.verbose)
         return _finish_batch(state)
 
 
@@ -665,7 +671,7 @@ def _finish_batch(state: Any) -> int:
 def _serve_webhooks(args: argparse.Namespace) -> int:
     from prefect_kandinsky.webhooks import serve
 
-    credentials = _credentials(argparse.Namespace(credentials=args.credentials), None)
+    credentials = _credentials(args, None)
     if credentials.webhook_secret is None:
         raise UsageError(
             "the receiver needs a webhook_secret: set it on the KandinskyCredentials block "

@@ -43,11 +43,10 @@ from prefect_kandinsky.client import KandinskyClient, StatusCallback
 from prefect_kandinsky.credentials import KandinskyCredentials
 from prefect_kandinsky.exceptions import KandinskyError
 from prefect_kandinsky.models import JobStatus, StatusResponse
-from prefect_kandinsky.webhooks import EVENT_PREFIX, resource_id
+from prefect_kandinsky.webhooks import EVENT_PREFIX, event_name, resource_id
 
 WaitMode = Literal["poll", "events", "suspend"]
 """How a flow waits for a render: status reads, Prefect events, or a suspended flow run."""
-WAIT_MODES: tuple[str, ...] = ("poll", "events", "suspend")
 
 RESUME_AUTOMATION_NAME = "kandinsky-resume-on-video-done"
 """The automation that resumes a suspended flow run when its video's job ends."""
@@ -59,10 +58,7 @@ DEFAULT_SWEEP_AFTER_SECONDS = 120.0
 """The sweep leaves alone flow runs suspended more recently than this."""
 PAGE_SIZE = 200
 """Flow runs read per request (the most the Prefect API returns at once)."""
-TERMINAL_EVENTS = frozenset(
-    f"{EVENT_PREFIX}{status.value.lower()}"
-    for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ERROR)
-)
+TERMINAL_EVENTS = frozenset(event_name(status) for status in JobStatus if status.is_terminal)
 
 _logger = logging.getLogger("prefect_kandinsky.waits")
 
@@ -365,11 +361,3 @@ async def sweep_videos(
             await aresume_flow_run(run.id)
             counts["resumed"] += 1
     return counts
-
-
-def check_wait_mode(value: Any) -> WaitMode:
-    """One of the wait modes; a message naming the allowed ones otherwise."""
-    if value not in WAIT_MODES:
-        raise ValueError(f"wait must be one of {', '.join(WAIT_MODES)}; got {value!r}")
-    mode: WaitMode = value
-    return mode

@@ -108,12 +108,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID, uuid5
 
 import httpx
-import uvicorn
 from pydantic import SecretStr, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -131,6 +130,10 @@ from prefect_kandinsky.exceptions import (
     KandinskyPermissionDeniedError,
 )
 from prefect_kandinsky.models import JobStatus, StatusResponse
+
+if TYPE_CHECKING:
+    # Imported only where a server starts: every flow imports this module (through waits).
+    import uvicorn
 
 logger = logging.getLogger("prefect_kandinsky.webhooks")
 
@@ -932,6 +935,8 @@ def _uvicorn_config(
     log_level: str,
     log_config: dict[str, Any] | None,
 ) -> uvicorn.Config:
+    import uvicorn
+
     if keyfile is not None and certfile is None:
         raise ValueError("keyfile needs a certfile: pass the certificate chain as certfile")
     return uvicorn.Config(
@@ -983,6 +988,8 @@ def serve(
     Raises:
         ValueError: the credentials have no ``webhook_secret``, or a keyfile has no certfile.
     """
+    import uvicorn
+
     if credentials.webhook_secret is None:
         raise ValueError(
             "The credentials have no webhook_secret: the receiver would refuse every callback. "
@@ -1101,6 +1108,8 @@ class WebhookServer:
 
     def start(self) -> WebhookServer:
         """Bind, serve from a thread, and return once the server accepts connections."""
+        import uvicorn
+
         if self._serving.started:
             raise RuntimeError("the webhook server is already started")
         config = _uvicorn_config(
