@@ -640,7 +640,7 @@ def _finish_batch(state: Any) -> int:
     if isinstance(outcome, KandinskyManifestError | KandinskyBudgetError):
         print(f"{PROG}: {outcome}", file=sys.stderr)
         return 2
-    if isinstance(outcome, BaseException):
+    if isinstance(outcome, BaseException) and result is outcome:
         print(f"{PROG}: {outcome}", file=sys.stderr)
         for line in _ui_hint(flow_run_id):
             print(line, file=sys.stderr)

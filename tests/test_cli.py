@@ -300,3 +300,48 @@ def test_batch_reports_every_bad_row_and_runs_nothing(
     assert (
         "line 3 (id b): prompt: prompt is required" in err[2] or "line 3 (id b): prompt" in err[2]
     )
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_an_incomplete_batch_still_prints_its_summary_and_the_way_out(
+    kandinsky_emulator: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A FAILED row: exit 1, the spend and rows are printed, and the line says to run again."""
+    from prefect_kandinsky import KandinskyCredentials
+
+    KandinskyCredentials(
+        api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url
+    ).save("cli-batch-emulator", overwrite=True)
+    kandinsky_emulator.state.plan_outcome("FAILED", "moderation rejected the prompt")
+    image = kandinsky_emulator.sample_image_url
+    manifest = tmp_path / "rows.csv"
+    manifest.write_text(
+        "id,prompt,image,resolution,duration\n"
+        f"a,The kite climbs.,{image},512P,1s\n"
+        f"b,The boat drifts.,{image},512P,1s\n"
+    )
+    code = cli.main(
+        [
+            "batch",
+            str(manifest),
+            "--credentials",
+            "cli-batch-emulator",
+            "--output",
+            str(tmp_path / "videos"),
+            "--ledger",
+            str(tmp_path / "ledger"),
+            "--max-concurrency",
+            "1",
+            "--poll-interval",
+            "0.05",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert 1 == code, captured.err
+    assert re.search(r"^Stored:\s+1 of 2 rows$", captured.out, re.MULTILINE), captured.out
+    assert re.search(r"^Charged:\s+\$0\.08 ", captured.out, re.MULTILINE), "FAILED is charged"
+    assert re.search(r"^Rows:\s+1 failed, 1 stored$", captured.out, re.MULTILINE)
+    assert (
+        "1 rows are not stored; run the same command again to finish them without paying twice"
+        in captured.err
+    )
