@@ -542,6 +542,14 @@ def _money(value: object) -> str:
     return f"${value:.2f}" if value is not None else "unknown"
 
 
+def _row_cost(record: RowRecord) -> str:
+    """What a row was charged; "unknown" where a charged attempt has no documented price."""
+    unpriced = record.estimated_cost_usd is None and any(
+        attempt.status in ("COMPLETED", "FAILED") for attempt in record.attempts
+    )
+    return "unknown (no documented price)" if unpriced else _money(record.charged_usd)
+
+
 def batch_table(result: BatchResult) -> list[dict[str, object]]:
     """One row per video: row, status, prompt, seconds, cost, error, request id, where, link."""
     return [
@@ -549,8 +557,8 @@ def batch_table(result: BatchResult) -> list[dict[str, object]]:
             "row": record.row_id or f"line {record.line}",
             "status": record.state,
             "prompt": short_prompt(record.prompt, 60),
-            "seconds": round(record.seconds, 1) if record.seconds is not None else "",
-            "cost": _money(record.charged_usd),
+            "seconds": f"{record.seconds:.1f}" if record.seconds is not None else "",
+            "cost": _row_cost(record),
             "error": (record.error or "")[:300],
             "request id": record.request_id or "",
             "stored at": record.uri or "",

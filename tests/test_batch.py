@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,23 @@ async def test_a_manifest_becomes_one_stored_video_per_row(
     assert "**6 of 6 rows stored**" in summary
     assert 6 == summary.count("data:image/jpeg;base64,")
     assert 100.0 == found["unkeyed-progress"].data
+
+
+async def test_the_table_says_unknown_for_a_row_without_a_documented_price(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """256P has no documented price: its cost reads unknown, not $0.00; seconds have one decimal."""
+    rows = catalogue(kandinsky_emulator, 2)
+    rows[1]["resolution"] = "512P"
+    manifest = write_manifest(tmp_path / "mixed.csv", rows)
+    state = await run_batch(manifest, credentials, tmp_path)
+    result: BatchResult = await state.result()
+    assert Decimal("0.04") == result.charged_usd
+
+    data = (await artifacts_of(state.state_details.flow_run_id))[batch_key(manifest, "")].data
+    table = json.loads(data) if isinstance(data, str) else data
+    assert ["unknown (no documented price)", "$0.04"] == [row["cost"] for row in table]
+    assert all(re.fullmatch(r"\d+\.\d", row["seconds"]) for row in table), table
 
 
 async def test_bad_rows_are_all_reported_and_nothing_is_paid(
