@@ -223,8 +223,8 @@ def prepare_fanout(args: argparse.Namespace, rows: list[dict[str, Any]]) -> Any:
 
 def prepare_batch(args: argparse.Namespace, rows: list[dict[str, Any]]) -> Any:
     from prefect_kandinsky import KandinskyCredentials
-    from prefect_kandinsky.batch import generate_videos
-    from prefect_kandinsky.exceptions import KandinskyBatchIncompleteError
+    from prefect_kandinsky.batch.flows import generate_videos
+    from prefect_kandinsky.gateway.exceptions import KandinskyBatchIncompleteError
 
     batch_rows = [
         {

@@ -19,10 +19,11 @@ from decimal import Decimal
 
 from markdown_table import Table
 
-from prefect_kandinsky.client import KandinskyClient
 from prefect_kandinsky.emulator import EmulatorConfig, EmulatorServer
-from prefect_kandinsky.exceptions import KandinskySubmitUncertainError
-from prefect_kandinsky.models import VideoRequest, format_cost
+from prefect_kandinsky.gateway.client import KandinskyClient
+from prefect_kandinsky.gateway.exceptions import KandinskySubmitUncertainError
+from prefect_kandinsky.gateway.models import VideoRequest
+from prefect_kandinsky.gateway.prices import format_cost
 
 MAX_NAIVE_ATTEMPTS = 10
 

@@ -1,6 +1,6 @@
 """One download in a fresh process, measured: ``python download_child.py METHOD URL DIR``.
 
-METHOD is ``persist`` (:func:`prefect_kandinsky.storage.persist_media` into DIR) or ``naive``
+METHOD is ``persist`` (:func:`prefect_kandinsky.media.storage.persist_media` into DIR) or ``naive``
 (``httpx.get(url).content`` then ``Path.write_bytes``, re-downloading from scratch on any
 error). Prints one JSON object: wall seconds, bytes, attempts, and memory.
 
@@ -72,9 +72,9 @@ def naive(url: str, directory: Path) -> dict[str, Any]:
 
 async def persist(url: str, directory: Path) -> dict[str, Any]:
     """``persist_media`` with a media-only client (no key), as ``persist_video`` does."""
-    from prefect_kandinsky.client import KandinskyClient
-    from prefect_kandinsky.models import CompletedVideo, JobStatus, StatusResponse
-    from prefect_kandinsky.storage import persist_media
+    from prefect_kandinsky.gateway.client import KandinskyClient
+    from prefect_kandinsky.gateway.models import CompletedVideo, JobStatus, StatusResponse
+    from prefect_kandinsky.media.storage import persist_media
 
     request_id = "kandinsky-bench-" + url.rsplit("/", 1)[-1].removesuffix(".mp4")
     video = CompletedVideo(
@@ -99,7 +99,7 @@ def main() -> None:
     if method == "persist":
         # Imported before the baseline: persist_media probes the file with PyAV, whose
         # shared libraries would otherwise count as download memory.
-        import prefect_kandinsky.storage  # noqa: F401
+        import prefect_kandinsky.media.storage  # noqa: F401
 
         with contextlib.suppress(ImportError):
             import av  # noqa: F401

@@ -173,7 +173,7 @@ def run(*, size: int, small_size: int, repeats: int) -> list[Table]:
     )
     memory.notes += [
         f"Each download runs in a fresh subprocess. Peak RSS added = {how} minus the RSS "
-        "right after the imports (httpx, prefect_kandinsky.storage and PyAV are imported "
+        "right after the imports (httpx, prefect_kandinsky.media.storage and PyAV are imported "
         "first), so the figure is what the download itself added. `ru_maxrss` is not used "
         "directly: in a child it also holds the parent's RSS copied at fork, before exec.",
         f"Wall time is the median of {repeats} runs for the large file (1 run for the small "

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import httpx
 from markdown_table import Table
 
-from prefect_kandinsky._constants import (
+from prefect_kandinsky.gateway.client import KandinskyClient
+from prefect_kandinsky.gateway.constants import (
     DEFAULT_MAX_POLL_INTERVAL,
     DEFAULT_POLL_BACKOFF,
     DEFAULT_POLL_INTERVAL,
 )
-from prefect_kandinsky.client import KandinskyClient
-from prefect_kandinsky.models import JobStatus
+from prefect_kandinsky.gateway.models import JobStatus
 
 REQUEST_ID = "kandinsky-5-0-pro-953-bench"
 MAX_QUEUE_SECONDS = 10.0

@@ -18,16 +18,12 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect_aws import S3Bucket
 from pydantic import Field
 
-from prefect_kandinsky._constants import DEFAULT_WAIT_TIMEOUT_SECONDS
-from prefect_kandinsky.batch import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_MAX_CONCURRENCY,
-    BatchResult,
-    generate_videos,
-    generate_videos_chunk,
-)
+from prefect_kandinsky.batch.flows import generate_videos, generate_videos_chunk
+from prefect_kandinsky.batch.result import BatchResult
+from prefect_kandinsky.batch.runner import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY
 from prefect_kandinsky.credentials import KandinskyCredentials
-from prefect_kandinsky.models import as_utc
+from prefect_kandinsky.gateway.constants import DEFAULT_WAIT_TIMEOUT_SECONDS
+from prefect_kandinsky.gateway.models import as_utc
 
 FLOW_NAME = "nightly-videos"
 chunk = generate_videos_chunk

@@ -15,10 +15,10 @@ from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect_aws import S3Bucket
 
-from prefect_kandinsky._constants import DEFAULT_POLL_INTERVAL, DEFAULT_WAIT_TIMEOUT_SECONDS
 from prefect_kandinsky.credentials import KandinskyCredentials
 from prefect_kandinsky.flows import generate_video
-from prefect_kandinsky.models import (
+from prefect_kandinsky.gateway.constants import DEFAULT_POLL_INTERVAL, DEFAULT_WAIT_TIMEOUT_SECONDS
+from prefect_kandinsky.gateway.models import (
     AccelerationParam,
     DurationParam,
     HttpUrlParam,

@@ -8,9 +8,9 @@ Status reads are free, so the sweep costs nothing at the gateway.
 
 from __future__ import annotations
 
-from prefect_kandinsky.waits import sweep_videos
+from prefect_kandinsky.events.sweep import sweep_videos
 
 sweep = sweep_videos
-"""The ``sweep-videos`` flow of ``prefect_kandinsky.waits``, re-exported for deployment."""
+"""The ``sweep-videos`` flow of ``prefect_kandinsky.events.sweep``, re-exported for deployment."""
 
 __all__ = ["sweep"]

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prefect_kandinsky._lazy import lazy_exports
+from prefect_kandinsky.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from prefect_kandinsky.artifacts import publish_video_artifacts
-    from prefect_kandinsky.batch import BatchResult, generate_videos
-    from prefect_kandinsky.client import KandinskyClient, MediaStream, raise_for_outcome
+    from prefect_kandinsky.batch.flows import generate_videos
+    from prefect_kandinsky.batch.ledger import RowRecord
+    from prefect_kandinsky.batch.result import BatchResult
     from prefect_kandinsky.credentials import KandinskyCredentials
-    from prefect_kandinsky.exceptions import (
+    from prefect_kandinsky.flows import generate_video
+    from prefect_kandinsky.gateway.client import KandinskyClient, MediaStream, raise_for_outcome
+    from prefect_kandinsky.gateway.exceptions import (
         KandinskyAPIError,
         KandinskyAuthenticationError,
         KandinskyBadRequestError,
@@ -49,10 +52,7 @@ if TYPE_CHECKING:
         KandinskyTimeoutError,
         KandinskyWaitTimeoutError,
     )
-    from prefect_kandinsky.flows import generate_video
-    from prefect_kandinsky.inputs import CheckedImage, check_image, check_images
-    from prefect_kandinsky.ledger import RowRecord
-    from prefect_kandinsky.models import (
+    from prefect_kandinsky.gateway.models import (
         CompletedVideo,
         EmbeddedPreview,
         JobStatus,
@@ -61,58 +61,59 @@ if TYPE_CHECKING:
         SubmitResponse,
         VideoJob,
         VideoRequest,
-        estimate_cost_usd,
     )
+    from prefect_kandinsky.gateway.prices import estimate_cost_usd
+    from prefect_kandinsky.media.images import CheckedImage, check_image, check_images
     from prefect_kandinsky.tasks import await_video, persist_video, submit_video
 
 # A new public name goes in three places: the imports above, this mapping and ``__all__``.
 _LAZY: dict[str, str] = {
-    "BatchResult": "prefect_kandinsky.batch",
-    "CheckedImage": "prefect_kandinsky.inputs",
-    "CompletedVideo": "prefect_kandinsky.models",
-    "EmbeddedPreview": "prefect_kandinsky.models",
-    "JobStatus": "prefect_kandinsky.models",
-    "KandinskyAPIError": "prefect_kandinsky.exceptions",
-    "KandinskyAuthenticationError": "prefect_kandinsky.exceptions",
-    "KandinskyBadRequestError": "prefect_kandinsky.exceptions",
-    "KandinskyBatchIncompleteError": "prefect_kandinsky.exceptions",
-    "KandinskyBudgetError": "prefect_kandinsky.exceptions",
-    "KandinskyClient": "prefect_kandinsky.client",
-    "KandinskyConnectionError": "prefect_kandinsky.exceptions",
+    "BatchResult": "prefect_kandinsky.batch.result",
+    "CheckedImage": "prefect_kandinsky.media.images",
+    "CompletedVideo": "prefect_kandinsky.gateway.models",
+    "EmbeddedPreview": "prefect_kandinsky.gateway.models",
+    "JobStatus": "prefect_kandinsky.gateway.models",
+    "KandinskyAPIError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskyAuthenticationError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskyBadRequestError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskyBatchIncompleteError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskyBudgetError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskyClient": "prefect_kandinsky.gateway.client",
+    "KandinskyConnectionError": "prefect_kandinsky.gateway.exceptions",
     "KandinskyCredentials": "prefect_kandinsky.credentials",
-    "KandinskyError": "prefect_kandinsky.exceptions",
-    "KandinskyGenerationFailedError": "prefect_kandinsky.exceptions",
-    "KandinskyImageError": "prefect_kandinsky.exceptions",
-    "KandinskyInsufficientBalanceError": "prefect_kandinsky.exceptions",
-    "KandinskyJobError": "prefect_kandinsky.exceptions",
-    "KandinskyManifestError": "prefect_kandinsky.exceptions",
-    "KandinskyMediaError": "prefect_kandinsky.exceptions",
-    "KandinskyMediaExpiredError": "prefect_kandinsky.exceptions",
-    "KandinskyNotFoundError": "prefect_kandinsky.exceptions",
-    "KandinskyPermissionDeniedError": "prefect_kandinsky.exceptions",
-    "KandinskyRateLimitError": "prefect_kandinsky.exceptions",
-    "KandinskyServerError": "prefect_kandinsky.exceptions",
-    "KandinskySubmitServerError": "prefect_kandinsky.exceptions",
-    "KandinskySubmitUncertainError": "prefect_kandinsky.exceptions",
-    "KandinskySystemError": "prefect_kandinsky.exceptions",
-    "KandinskyTimeoutError": "prefect_kandinsky.exceptions",
-    "KandinskyWaitTimeoutError": "prefect_kandinsky.exceptions",
-    "MediaStream": "prefect_kandinsky.client",
-    "PersistedVideo": "prefect_kandinsky.models",
-    "RowRecord": "prefect_kandinsky.ledger",
-    "StatusResponse": "prefect_kandinsky.models",
-    "SubmitResponse": "prefect_kandinsky.models",
-    "VideoJob": "prefect_kandinsky.models",
-    "VideoRequest": "prefect_kandinsky.models",
+    "KandinskyError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskyGenerationFailedError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskyImageError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskyInsufficientBalanceError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskyJobError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskyManifestError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskyMediaError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskyMediaExpiredError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskyNotFoundError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskyPermissionDeniedError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskyRateLimitError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskyServerError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskySubmitServerError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskySubmitUncertainError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskySystemError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskyTimeoutError": "prefect_kandinsky.gateway.exceptions",
+    "KandinskyWaitTimeoutError": "prefect_kandinsky.gateway.exceptions",
+    "MediaStream": "prefect_kandinsky.gateway.client",
+    "PersistedVideo": "prefect_kandinsky.gateway.models",
+    "RowRecord": "prefect_kandinsky.batch.ledger",
+    "StatusResponse": "prefect_kandinsky.gateway.models",
+    "SubmitResponse": "prefect_kandinsky.gateway.models",
+    "VideoJob": "prefect_kandinsky.gateway.models",
+    "VideoRequest": "prefect_kandinsky.gateway.models",
     "await_video": "prefect_kandinsky.tasks",
-    "check_image": "prefect_kandinsky.inputs",
-    "check_images": "prefect_kandinsky.inputs",
-    "estimate_cost_usd": "prefect_kandinsky.models",
+    "check_image": "prefect_kandinsky.media.images",
+    "check_images": "prefect_kandinsky.media.images",
+    "estimate_cost_usd": "prefect_kandinsky.gateway.prices",
     "generate_video": "prefect_kandinsky.flows",
-    "generate_videos": "prefect_kandinsky.batch",
+    "generate_videos": "prefect_kandinsky.batch.flows",
     "persist_video": "prefect_kandinsky.tasks",
     "publish_video_artifacts": "prefect_kandinsky.artifacts",
-    "raise_for_outcome": "prefect_kandinsky.client",
+    "raise_for_outcome": "prefect_kandinsky.gateway.client",
     "submit_video": "prefect_kandinsky.tasks",
 }
 """Where each public name lives: imported from that module on first access."""

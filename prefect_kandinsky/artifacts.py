@@ -20,30 +20,26 @@ artifacts index tells videos apart.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import re
-import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 from uuid import UUID
 
 from prefect.artifacts import (
     acreate_link_artifact,
     acreate_markdown_artifact,
     acreate_progress_artifact,
-    acreate_table_artifact,
     aupdate_progress_artifact,
 )
 from prefect.context import FlowRunContext, TaskRunContext
 
-from prefect_kandinsky.exceptions import (
+from prefect_kandinsky.gateway.exceptions import (
     KandinskyGenerationFailedError,
     KandinskyJobError,
     KandinskySystemError,
     KandinskyWaitTimeoutError,
 )
-from prefect_kandinsky.models import (
+from prefect_kandinsky.gateway.models import (
     CompletedVideo,
     EmbeddedPreview,
     JobStatus,
@@ -51,12 +47,8 @@ from prefect_kandinsky.models import (
     StatusResponse,
     VideoJob,
     VideoRequest,
-    format_cost,
 )
-
-if TYPE_CHECKING:
-    from prefect_kandinsky.batch import BatchResult
-    from prefect_kandinsky.ledger import RowRecord
+from prefect_kandinsky.gateway.prices import format_cost
 
 NO_PREVIEW_HINT = (
     "No pictures of the video: PyAV is not installed where the flow ran "
@@ -65,7 +57,7 @@ NO_PREVIEW_HINT = (
 TITLE_LENGTH = 90
 """Characters of the prompt shown in headings and descriptions."""
 
-_KEY_UNSAFE = re.compile(r"[^a-z0-9-]+")
+KEY_UNSAFE = re.compile(r"[^a-z0-9-]+")
 _QUEUED_PROGRESS = 5.0
 _PROCESSING_START = 10.0
 _PROCESSING_CEILING = 95.0
@@ -76,10 +68,11 @@ _PROCESSING_HALF_LIFE_SECONDS = 60.0
 def artifact_key(request_id: str, kind: str) -> str:
     """A Prefect artifact key for one video: ``kandinsky-<kind>-<request id>``, sanitised."""
     raw = f"kandinsky-{kind}-{request_id.split('_', 1)[-1]}".lower()
-    return _KEY_UNSAFE.sub("-", raw).strip("-")[:200]
+    return KEY_UNSAFE.sub("-", raw).strip("-")[:200]
 
 
-def _in_run() -> bool:
+def in_run() -> bool:
+    """Whether this runs inside a flow or task run (where artifacts can be made)."""
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
@@ -92,8 +85,16 @@ def short_prompt(prompt: str | None, limit: int = TITLE_LENGTH) -> str:
     return cut.rstrip(",;:.") + "…"
 
 
-def _cell(text: object) -> str:
+def markdown_cell(text: object) -> str:
+    """``text`` made safe for one markdown table cell."""
     return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _status_text(error: KandinskyJobError) -> str:
+    status = error.status
+    if status is None:
+        return "unknown"
+    return str(status.value) if isinstance(status, JobStatus) else str(status)
 
 
 def _seconds(value: float) -> str:
@@ -171,8 +172,9 @@ def _request_lines(request: VideoRequest | None, input_preview: str | None) -> l
     lines += [
         "| Parameter | Value |",
         "|---|---|",
-        f"| prompt | {_cell(request.prompt)} |",
-        f"| image_url | [{_cell(short_prompt(request.image_url, 80))}]({request.image_url}) |",
+        f"| prompt | {markdown_cell(request.prompt)} |",
+        f"| image_url | [{markdown_cell(short_prompt(request.image_url, 80))}]"
+        f"({request.image_url}) |",
         f"| resolution | {request.resolution} |",
         f"| duration | {request.duration} |",
         f"| num_inference_steps | {request.num_inference_steps} |",
@@ -249,7 +251,7 @@ def _output_lines(persisted: PersistedVideo, video: CompletedVideo | None) -> li
     if request is not None:
         rows.append(("Cost", f"{request.estimated_cost_label} (documented price table)"))
     lines = ["### Output", "", "| Field | Value |", "|---|---|"]
-    lines += [f"| {name} | {_cell(value)} |" for name, value in rows]
+    lines += [f"| {name} | {markdown_cell(value)} |" for name, value in rows]
     return [*lines, ""]
 
 
@@ -263,7 +265,7 @@ def summary_markdown(persisted: PersistedVideo, video: CompletedVideo | None) ->
     video_src = persisted.public_url or (
         persisted.source_url if _is_http(persisted.source_url) else None
     )
-    lines = [f"## {_cell(title)}", ""]
+    lines = [f"## {markdown_cell(title)}", ""]
     if video_src is not None:
         source = "a presigned S3 link" if persisted.public_url else "the gateway's CDN link"
         kept = "; the frames below are kept in this artifact" if persisted.preview else ""
@@ -312,19 +314,19 @@ def _way_out(error: KandinskyJobError) -> list[str]:
 def failure_markdown(error: KandinskyJobError, job: VideoJob | None = None) -> str:
     """What failed, whether it was charged, and the way out."""
     request = job.request if job else None
-    status = error.status.value if error.status is not None else "unknown"
+    status = _status_text(error)
     label = "TIMED OUT" if isinstance(error, KandinskyWaitTimeoutError) else status
     cost = request.estimated_cost_label if request else format_cost(None)
     lines = [
-        f"## {_cell(short_prompt(request.prompt if request else None))}",
+        f"## {markdown_cell(short_prompt(request.prompt if request else None))}",
         "",
         f"**{label}**: no video was stored.",
         "",
         "| Field | Value |",
         "|---|---|",
         f"| Status | {status} |",
-        f"| Gateway's error | {_cell(error.error or 'none given')} |",
-        f"| Charged | {_cell(_charged(error, cost))} |",
+        f"| Gateway's error | {markdown_cell(error.error or 'none given')} |",
+        f"| Charged | {markdown_cell(_charged(error, cost))} |",
         f"| Request id | `{error.request_id}` |",
     ]
     if isinstance(error, KandinskyWaitTimeoutError):
@@ -337,7 +339,8 @@ def failure_markdown(error: KandinskyJobError, job: VideoJob | None = None) -> s
 # -- publishing ---------------------------------------------------------------------------
 
 
-def _describe(prompt: str | None, what: str) -> str:
+def describe(prompt: str | None, what: str) -> str:
+    """An artifact description: the start of the prompt, then what the artifact shows."""
     return f"{short_prompt(prompt, 60)} — {what}"
 
 
@@ -348,7 +351,7 @@ async def publish_video_artifacts(
 
     Outside a flow or task run this does nothing and returns an empty list.
     """
-    if not _in_run():
+    if not in_run():
         return []
     request = video.request if video else None
     prompt = request.prompt if request else None
@@ -357,7 +360,7 @@ async def publish_video_artifacts(
         await acreate_markdown_artifact(
             markdown=summary_markdown(persisted, video),
             key=artifact_key(persisted.request_id, "summary"),
-            description=_describe(prompt, f"{shape}stored at {persisted.uri}"),
+            description=describe(prompt, f"{shape}stored at {persisted.uri}"),
         )
     ]
     if persisted.public_url:
@@ -366,7 +369,7 @@ async def publish_video_artifacts(
                 link=persisted.public_url,
                 link_text=f"{short_prompt(prompt, 60)} (presigned link to {persisted.uri})",
                 key=artifact_key(persisted.request_id, "video"),
-                description=_describe(prompt, f"download link of {persisted.uri}; it expires"),
+                description=describe(prompt, f"download link of {persisted.uri}; it expires"),
             )
         )
     return ids
@@ -379,14 +382,14 @@ async def publish_failure_summary(
 
     Outside a flow or task run this does nothing and returns None.
     """
-    if not _in_run():
+    if not in_run():
         return None
     label = "timed out" if isinstance(error, KandinskyWaitTimeoutError) else "failed"
-    status = error.status.value if error.status is not None else "unknown"
+    status = _status_text(error)
     return await acreate_markdown_artifact(
         markdown=failure_markdown(error, job),
         key=artifact_key(error.request_id or "unknown", "summary"),
-        description=_describe(
+        description=describe(
             job.request.prompt if job else None, f"{label} ({status}), {error.request_id}"
         ),
     )
@@ -439,15 +442,16 @@ class WaitProgress:
         what = (
             "still running at the gateway when the wait ended"
             if isinstance(error, KandinskyWaitTimeoutError)
-            else f"{error.status.value if error.status else 'failed'}: {error.error or 'no reason'}"
+            else f"{_status_text(error) if error.status else 'failed'}: "
+            f"{error.error or 'no reason'}"
         )
         await self._show(self.progress, f"{what} after {_seconds(self._elapsed(None))}")
 
     async def _show(self, progress: float, what: str) -> None:
-        if not _in_run():
+        if not in_run():
             return
         self.progress = progress
-        description = _describe(self.prompt, f"{self.request_id}: {what}")
+        description = describe(self.prompt, f"{self.request_id}: {what}")
         if self._last == (round(progress), description):
             return
         self._last = (round(progress), description)
@@ -459,182 +463,3 @@ class WaitProgress:
             await aupdate_progress_artifact(
                 self._artifact_id, progress=progress, description=description
             )
-
-
-# -- batches ------------------------------------------------------------------------------
-
-BATCH_THUMBNAILS = 48
-"""Stored rows shown as thumbnails in a batch summary; the table lists every row."""
-BATCH_ERRORS = 20
-"""Rows not stored whose error a batch summary quotes."""
-THUMB_WIDTH = 96
-"""Width of a row's thumbnail in a batch summary, in pixels."""
-PROGRESS_INTERVAL_SECONDS = 1.0
-"""A batch's progress artifact changes at most this often (and when the last row ends)."""
-
-
-def batch_key(batch_id: str, kind: str) -> str:
-    """``kandinsky-batch[-<kind>]-<name>-<hash>``: readable, and unique per batch id."""
-    tail = batch_id.rstrip("/").rsplit("/", 1)[-1].lower()
-    name = _KEY_UNSAFE.sub("-", tail).strip("-")[:60] or "rows"
-    digest = hashlib.sha256(batch_id.encode()).hexdigest()[:8]
-    prefix = "kandinsky-batch" + (f"-{kind}" if kind else "")
-    return f"{prefix}-{name}-{digest}"
-
-
-class BatchProgress:
-    """A progress artifact that follows a batch as its rows finish."""
-
-    def __init__(self, total: int, *, title: str) -> None:
-        self.total = total
-        self.title = title
-        self.finished = 0
-        self.counts: dict[str, int] = {}
-        self._artifact_id: UUID | None = None
-        self._shown_at = 0.0
-        self._updating = False
-
-    async def start(self, stored_before: int = 0) -> None:
-        """Show the batch at 0%, saying how many rows earlier runs stored."""
-        if not _in_run():
-            return
-        before = f"; {stored_before} stored by earlier runs" if stored_before else ""
-        self._artifact_id = await acreate_progress_artifact(
-            progress=0.0, description=f"{self.title}: {self.total} rows{before}"
-        )
-        self._shown_at = time.monotonic()
-
-    async def row_done(self, record: RowRecord) -> None:
-        """Count a finished row (stored, failed, or stopped for another reason)."""
-        self.counts[record.state] = self.counts.get(record.state, 0) + 1
-        await self.rows_done(1)
-
-    async def rows_done(self, rows: int) -> None:
-        """Count ``rows`` finished rows; show them if a second passed or all are done."""
-        self.finished += rows
-        due = time.monotonic() - self._shown_at >= PROGRESS_INTERVAL_SECONDS
-        if (due or self.finished >= self.total) and not self._updating:
-            await self._show()
-
-    async def finish(self) -> None:
-        """Show the final count."""
-        await self._show()
-
-    async def _show(self) -> None:
-        if self._artifact_id is None:
-            return
-        self._updating = True
-        try:
-            counts = ", ".join(f"{n} {state}" for state, n in sorted(self.counts.items()))
-            description = f"{self.title}: {self.finished} of {self.total} rows finished" + (
-                f" ({counts})" if counts else ""
-            )
-            progress = 100.0 * self.finished / self.total if self.total else 100.0
-            await aupdate_progress_artifact(
-                self._artifact_id, progress=progress, description=description
-            )
-            self._shown_at = time.monotonic()
-        finally:
-            self._updating = False
-
-
-def _money(value: object) -> str:
-    return f"${value:.2f}" if value is not None else "unknown"
-
-
-def _row_cost(record: RowRecord) -> str:
-    """What a row was charged; "unknown" where a charged attempt has no documented price."""
-    unpriced = record.estimated_cost_usd is None and any(
-        attempt.status in ("COMPLETED", "FAILED") for attempt in record.attempts
-    )
-    return "unknown (no documented price)" if unpriced else _money(record.charged_usd)
-
-
-def batch_table(result: BatchResult) -> list[dict[str, object]]:
-    """One row per video: row, status, prompt, seconds, cost, error, request id, where, link."""
-    return [
-        {
-            "row": record.row_id or f"line {record.line}",
-            "status": record.state,
-            "prompt": short_prompt(record.prompt, 60),
-            "seconds": f"{record.seconds:.1f}" if record.seconds is not None else "",
-            "cost": _row_cost(record),
-            "error": (record.error or "")[:300],
-            "request id": record.request_id or "",
-            "stored at": record.uri or "",
-            "link": record.public_url or "",
-        }
-        for record in result.rows
-    ]
-
-
-def batch_markdown(result: BatchResult) -> str:
-    """Counts, spend, a thumbnail per stored row, and what went wrong."""
-    counts = result.counts
-    stored = [r for r in result.rows if r.done]
-    lines = [
-        f"## {_cell(short_prompt(result.batch_id))}",
-        "",
-        f"**{len(stored)} of {len(result.rows)} rows stored**"
-        + ("." if result.complete else "; run the batch again to finish the rest, unpaid."),
-        "",
-        "| State | Rows |",
-        "|---|---|",
-        *[f"| {state} | {n} |" for state, n in sorted(counts.items())],
-        "",
-        "| Spend | USD |",
-        "|---|---|",
-        f"| estimated for this run | {_money(result.estimated_cost_usd)} |",
-        f"| charged (all runs, by the documented prices) | {_money(result.charged_usd)} |",
-    ]
-    if result.unknown_cost_rows:
-        lines.append(f"| rows without a documented price (256P) | {result.unknown_cost_rows} |")
-    lines += ["", f"Ledger: `{result.ledger}`", ""]
-    pictures = [r for r in stored if r.thumbnail][:BATCH_THUMBNAILS]
-    if pictures:
-        cells = [
-            f'<img src="{r.thumbnail}" width="{THUMB_WIDTH}" '
-            f'title="{html.escape(r.row_id or f"line {r.line}")}: '
-            f'{html.escape(short_prompt(r.prompt, 60))}">'
-            for r in pictures
-        ]
-        more = len(stored) - len(pictures)
-        lines += ["### Stored", "", " ".join(cells), ""]
-        if more > 0:
-            lines += [f"*And {more} more: see the table artifact.*", ""]
-    troubled = [r for r in result.rows if not r.done][:BATCH_ERRORS]
-    if troubled:
-        lines += ["### Not stored", "", "| Row | Status | Error |", "|---|---|---|"]
-        lines += [
-            f"| {_cell(r.row_id or f'line {r.line}')} | {r.state} | "
-            f"{_cell((r.error or '')[:200])} |"
-            for r in troubled
-        ]
-        lines += [
-            "",
-            "ERROR rows (not charged) are submitted again when the batch runs again; FAILED "
-            "rows (charged) only with `retry_failed=True`; uncertain rows (the job may exist) "
-            "only with `resubmit_uncertain=True`. Submitted rows are waited for, not paid "
-            "again.",
-            "",
-        ]
-    return "\n".join(lines)
-
-
-async def publish_batch_artifacts(result: BatchResult) -> list[UUID]:
-    """Create the batch's table (one row per video) and its summary."""
-    if not _in_run():
-        return []
-    what = f"{len(result.rows)} rows, {result.counts.get('stored', 0)} stored"
-    return [
-        await acreate_table_artifact(
-            table=batch_table(result),
-            key=batch_key(result.batch_id, ""),
-            description=_describe(result.batch_id, f"{what}: every row"),
-        ),
-        await acreate_markdown_artifact(
-            markdown=batch_markdown(result),
-            key=batch_key(result.batch_id, "summary"),
-            description=_describe(result.batch_id, f"{what}, ${result.charged_usd:.2f} charged"),
-        ),
-    ]

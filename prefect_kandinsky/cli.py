@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from prefect_kandinsky.models import (
+from prefect_kandinsky.gateway.models import (
     ACCELERATIONS,
     RESOLUTIONS,
     VideoRequest,
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
     from prefect_kandinsky.credentials import KandinskyCredentials
-    from prefect_kandinsky.models import PersistedVideo, StatusResponse
+    from prefect_kandinsky.gateway.models import PersistedVideo, StatusResponse
 
 DEMO_PROMPT = (
     "The sun slowly rises over the hills, the camera gently pushes in, warm morning light."
@@ -270,8 +270,8 @@ def _credentials(args: argparse.Namespace, server: Any) -> KandinskyCredentials:
 
 
 def _check_image(url: str) -> None:
-    from prefect_kandinsky.exceptions import KandinskyImageError
-    from prefect_kandinsky.inputs import check_image
+    from prefect_kandinsky.gateway.exceptions import KandinskyImageError
+    from prefect_kandinsky.media.images import check_image
 
     try:
         asyncio.run(check_image(url))
@@ -298,7 +298,7 @@ class _Display:
         self.spinner = Spinner("dots")
 
     def on_event(self, event: object) -> None:
-        from prefect_kandinsky._watch import StatusRead
+        from prefect_kandinsky.progress import StatusRead
 
         if isinstance(event, StatusRead):
             self.on_status(event.request_id, event.status)
@@ -370,7 +370,7 @@ def _run_live(
     """
     from rich.live import Live
 
-    from prefect_kandinsky._watch import watching
+    from prefect_kandinsky.progress import watching
 
     if not verbose:
         _silence_prefect_console()
@@ -453,7 +453,7 @@ def _report(persisted: PersistedVideo, flow_run_id: UUID | None) -> None:
 
 
 def _finish(state: Any) -> int:
-    from prefect_kandinsky.exceptions import KandinskyError
+    from prefect_kandinsky.gateway.exceptions import KandinskyError
 
     flow_run_id = state.state_details.flow_run_id
     if state.is_completed():
@@ -561,7 +561,7 @@ class _BatchDisplay:
         self.task = self.progress.add_task("", total=total)
 
     def on_event(self, event: object) -> None:
-        from prefect_kandinsky.ledger import RowRecord
+        from prefect_kandinsky.batch.ledger import RowRecord
 
         if not isinstance(event, RowRecord):
             return
@@ -575,8 +575,8 @@ class _BatchDisplay:
 
 def _batch_rows(args: argparse.Namespace, server: Any) -> tuple[Any, str | None, int]:
     """The rows to run, the batch id, and the row count; every problem is a usage error."""
-    from prefect_kandinsky.exceptions import KandinskyManifestError
-    from prefect_kandinsky.manifests import load_manifest
+    from prefect_kandinsky.batch.manifests import load_manifest
+    from prefect_kandinsky.gateway.exceptions import KandinskyManifestError
 
     try:
         manifest = asyncio.run(load_manifest(args.manifest))
@@ -597,7 +597,7 @@ def _batch_rows(args: argparse.Namespace, server: Any) -> tuple[Any, str | None,
 def _batch(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from prefect_kandinsky.batch import generate_videos
+    from prefect_kandinsky.batch.flows import generate_videos
 
     with _emulator(args.emulator) as server:
         credentials = _credentials(args, server)
@@ -627,8 +627,8 @@ def _set(parameters: dict[str, Any]) -> dict[str, Any]:
 
 
 def _finish_batch(state: Any) -> int:
-    from prefect_kandinsky.artifacts import batch_key
-    from prefect_kandinsky.exceptions import (
+    from prefect_kandinsky.batch.artifacts import batch_key
+    from prefect_kandinsky.gateway.exceptions import (
         KandinskyBatchIncompleteError,
         KandinskyBudgetError,
         KandinskyManifestError,
@@ -669,7 +669,7 @@ def _finish_batch(state: Any) -> int:
 
 
 def _serve_webhooks(args: argparse.Namespace) -> int:
-    from prefect_kandinsky.webhooks import serve
+    from prefect_kandinsky.events.server import serve
 
     credentials = _credentials(args, None)
     if credentials.webhook_secret is None:

@@ -9,13 +9,13 @@ import httpx
 from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, HttpUrl, SecretStr
 
-from prefect_kandinsky._constants import (
+from prefect_kandinsky.gateway.client import KandinskyClient
+from prefect_kandinsky.gateway.constants import (
     DEFAULT_BASE_URL,
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT_SECONDS,
 )
-from prefect_kandinsky.client import KandinskyClient
-from prefect_kandinsky.models import DEFAULT_MODEL_ID
+from prefect_kandinsky.gateway.models import DEFAULT_MODEL_ID
 
 API_KEY_ENV = "KANDINSKY_API_KEY"
 """Environment variable read by ``KandinskyCredentials.from_env``."""

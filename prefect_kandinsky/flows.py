@@ -6,21 +6,21 @@ import re
 from typing import Annotated, Literal
 
 from prefect import flow
-from prefect.blocks.core import Block
-from prefect.filesystems import WritableFileSystem
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect_aws import S3Bucket
 from pydantic import Field
 
-from prefect_kandinsky._constants import (
+from prefect_kandinsky.blocks import load_credentials, load_destination
+from prefect_kandinsky.credentials import KandinskyCredentials
+from prefect_kandinsky.events.waits import check_can_suspend, suspend_until_done
+from prefect_kandinsky.gateway.constants import (
     DEFAULT_MAX_POLL_INTERVAL,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_WAIT_TIMEOUT_SECONDS,
 )
-from prefect_kandinsky.credentials import KandinskyCredentials
-from prefect_kandinsky.exceptions import KandinskySystemError
-from prefect_kandinsky.models import (
+from prefect_kandinsky.gateway.exceptions import KandinskySystemError
+from prefect_kandinsky.gateway.models import (
     AccelerationParam,
     CompletedVideo,
     DurationParam,
@@ -33,43 +33,7 @@ from prefect_kandinsky.models import (
     VideoRequest,
     WebhookMode,
 )
-from prefect_kandinsky.storage import Destination
 from prefect_kandinsky.tasks import await_video, persist_video, submit_video
-from prefect_kandinsky.waits import check_can_suspend, suspend_until_done
-
-_BLOCK_REF = re.compile(r"^(?P<slug>[a-z0-9-]+)/(?P<name>[A-Za-z0-9_.-]+)$")
-_STORAGE_BLOCK_SLUGS = frozenset(
-    {"s3-bucket", "local-file-system", "remote-file-system", "gcs-bucket", "smb"}
-)
-
-
-async def load_credentials(
-    credentials: KandinskyCredentials | str | None,
-) -> KandinskyCredentials:
-    """A credentials block as given, loaded by name, or built from ``KANDINSKY_API_KEY``."""
-    if isinstance(credentials, KandinskyCredentials):
-        return credentials
-    if credentials:
-        return await KandinskyCredentials.aload(credentials)
-    return KandinskyCredentials.from_env()
-
-
-async def load_destination(destination: str | Block) -> Destination:
-    """A path as given, or a storage block named like ``s3-bucket/videos``."""
-    if isinstance(destination, S3Bucket | WritableFileSystem):
-        return destination
-    if isinstance(destination, Block):
-        raise TypeError(
-            f"destination must be a path, an S3Bucket or a WritableFileSystem block; "
-            f"got a {type(destination).__name__}"
-        )
-    match = _BLOCK_REF.match(destination)
-    if match and match.group("slug") in _STORAGE_BLOCK_SLUGS:
-        block = await Block.aload(destination)
-        if not isinstance(block, S3Bucket | WritableFileSystem):
-            raise TypeError(f"Block {destination!r} is not a storage block")
-        return block
-    return destination
 
 
 def _flow_run_name() -> str:

@@ -29,20 +29,21 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.runtime import task_run as runtime_task_run
 from prefect.utilities.hashing import hash_objects
 
-from prefect_kandinsky._constants import (
-    DEFAULT_MAX_POLL_INTERVAL,
-    DEFAULT_POLL_INTERVAL,
-    DEFAULT_WAIT_TIMEOUT_SECONDS,
-)
-from prefect_kandinsky._watch import StatusRead, report
 from prefect_kandinsky.artifacts import (
     WaitProgress,
     publish_failure_summary,
     publish_video_artifacts,
 )
-from prefect_kandinsky.client import KandinskyClient, raise_for_outcome
 from prefect_kandinsky.credentials import KandinskyCredentials
-from prefect_kandinsky.exceptions import (
+from prefect_kandinsky.events.tokens import run_callback_url
+from prefect_kandinsky.events.waits import DEFAULT_SAFETY_POLL_SECONDS, wait_for_event
+from prefect_kandinsky.gateway.client import KandinskyClient, raise_for_outcome
+from prefect_kandinsky.gateway.constants import (
+    DEFAULT_MAX_POLL_INTERVAL,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_WAIT_TIMEOUT_SECONDS,
+)
+from prefect_kandinsky.gateway.exceptions import (
     KandinskyAPIError,
     KandinskyConnectionError,
     KandinskyJobError,
@@ -52,8 +53,7 @@ from prefect_kandinsky.exceptions import (
     KandinskyServerError,
     KandinskySubmitUncertainError,
 )
-from prefect_kandinsky.inputs import check_image as check_input_image
-from prefect_kandinsky.models import (
+from prefect_kandinsky.gateway.models import (
     CompletedVideo,
     JobStatus,
     PersistedVideo,
@@ -63,8 +63,9 @@ from prefect_kandinsky.models import (
     WebhookMode,
     gateway_timings,
 )
-from prefect_kandinsky.storage import Destination, destination_key, persist_media
-from prefect_kandinsky.waits import DEFAULT_SAFETY_POLL_SECONDS, wait_for_event
+from prefect_kandinsky.media.images import check_image as check_input_image
+from prefect_kandinsky.media.storage import Destination, destination_key, persist_media
+from prefect_kandinsky.progress import StatusRead, report
 
 AWAIT_CACHE_EXPIRATION = timedelta(hours=6)
 """How long a completed status is reused. Re-reading a status is free, and it refreshes
@@ -259,29 +260,16 @@ async def _checked_input(url: str, logger: Any) -> str | None:
     )
     if checked.content is None:
         return None
-    from prefect_kandinsky.previews import image_thumbnail
+    from prefect_kandinsky.media.previews import image_thumbnail
 
     thumbnail = await asyncio.to_thread(image_thumbnail, checked.content)
     return thumbnail.data_uri() if thumbnail is not None else None
 
 
 def _callback_url(base_url: str, given: str | None, credentials: KandinskyCredentials) -> str:
-    from prefect_kandinsky.webhooks import callback_url
-
     if given is not None:
         raise ValueError("pass webhook_url or webhook_base_url, not both")
-    if credentials.webhook_secret is None:
-        raise ValueError(
-            "webhook_base_url needs a webhook_secret on the KandinskyCredentials block (the "
-            "receiver checks each callback's token with it): set one, the same the receiver "
-            "uses, or KANDINSKY_WEBHOOK_SECRET"
-        )
-    return callback_url(
-        base_url,
-        credentials.webhook_secret,
-        flow_run_id=runtime_flow_run.id,
-        allow_http=base_url.startswith("http://127.0.0.1"),
-    )
+    return run_callback_url(base_url, credentials.webhook_secret, flow_run_id=runtime_flow_run.id)
 
 
 @task(

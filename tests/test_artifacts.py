@@ -22,7 +22,7 @@ from prefect.states import State
 
 from prefect_kandinsky import KandinskyCredentials, PersistedVideo, generate_video
 from prefect_kandinsky.artifacts import artifact_key, summary_markdown
-from prefect_kandinsky.models import CompletedVideo, StatusResponse
+from prefect_kandinsky.gateway.models import CompletedVideo, StatusResponse
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

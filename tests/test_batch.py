@@ -17,10 +17,11 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.client.schemas.objects import Artifact
 
 from prefect_kandinsky import KandinskyCredentials
-from prefect_kandinsky.artifacts import batch_key
-from prefect_kandinsky.batch import BatchResult, generate_videos
+from prefect_kandinsky.batch.artifacts import batch_key
+from prefect_kandinsky.batch.flows import generate_videos
+from prefect_kandinsky.batch.result import BatchResult
 from prefect_kandinsky.emulator.render import probe_video
-from prefect_kandinsky.exceptions import (
+from prefect_kandinsky.gateway.exceptions import (
     KandinskyBatchIncompleteError,
     KandinskyBudgetError,
     KandinskyManifestError,

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from prefect_kandinsky import KandinskyCredentials
-from prefect_kandinsky.batch import BatchResult, generate_videos
-from prefect_kandinsky.exceptions import KandinskyBatchIncompleteError
+from prefect_kandinsky.batch.flows import generate_videos
+from prefect_kandinsky.batch.result import BatchResult
+from prefect_kandinsky.gateway.exceptions import KandinskyBatchIncompleteError
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -33,7 +33,7 @@ from prefect_kandinsky import (
     KandinskyWaitTimeoutError,
     VideoRequest,
 )
-from prefect_kandinsky.client import parse_retry_after
+from prefect_kandinsky.gateway.client import parse_retry_after
 
 
 class FakeTime:
@@ -415,7 +415,7 @@ async def test_cut_inside_the_only_chunk_resumes_at_the_byte_received(
     kandinsky_emulator: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A file smaller than one chunk, cut at half, resumes at that byte with a Range request."""
-    caplog.set_level(logging.INFO, logger="prefect_kandinsky.client")
+    caplog.set_level(logging.INFO, logger="prefect_kandinsky.gateway.client")
     async with KandinskyClient(
         api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url
     ) as client:
@@ -438,7 +438,7 @@ async def test_cuts_inside_chunks_of_a_multi_chunk_file_resume_at_each_byte(
     kandinsky_emulator: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two cuts in the middle of 4 KiB chunks resume exactly where each one stopped."""
-    caplog.set_level(logging.INFO, logger="prefect_kandinsky.client")
+    caplog.set_level(logging.INFO, logger="prefect_kandinsky.gateway.client")
     chunk_size = 4096
     async with KandinskyClient(
         api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url

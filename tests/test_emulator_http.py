@@ -29,7 +29,7 @@ from prefect_kandinsky.emulator import (
     probe_video,
 )
 from prefect_kandinsky.emulator.__main__ import add_arguments, config_from_args
-from prefect_kandinsky.models import DEFAULT_MODEL_ID, JobStatus, status_path, submit_path
+from prefect_kandinsky.gateway.models import DEFAULT_MODEL_ID, JobStatus, status_path, submit_path
 
 KEY_HEADER = "Ocp-Apim-Subscription-Key"
 SUBMIT = submit_path(DEFAULT_MODEL_ID)

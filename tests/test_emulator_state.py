@@ -24,7 +24,7 @@ from prefect_kandinsky.emulator.state import (
     NotFound,
     Unauthorized,
 )
-from prefect_kandinsky.models import DEFAULT_MODEL_ID, JobStatus, StatusResponse
+from prefect_kandinsky.gateway.models import DEFAULT_MODEL_ID, JobStatus, StatusResponse
 
 IMAGE_URL = "https://images.example.com/dragon.png"
 MP4 = b"\x00\x00\x00\x18ftypmp42 pretend video"

@@ -423,7 +423,7 @@ async def test_the_flow_passes_file_name_overwrite_poll_cap_and_webhook(
 def test_persist_video_takes_credentials_second() -> None:
     """The old argument order fails at once, saying the new one."""
     from prefect_kandinsky import persist_video
-    from prefect_kandinsky.models import CompletedVideo, StatusResponse
+    from prefect_kandinsky.gateway.models import CompletedVideo, StatusResponse
 
     status = StatusResponse(request_id="r1", status="COMPLETED")
     video = CompletedVideo(request_id="r1", status=status, media_urls=["https://cdn/x.mp4"])

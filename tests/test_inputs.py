@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from prefect_kandinsky.assets import sample_image_bytes
-from prefect_kandinsky.exceptions import KandinskyImageError
-from prefect_kandinsky.inputs import CheckedImage, check_image, check_images, redact_url
+from prefect_kandinsky.gateway.exceptions import KandinskyImageError
+from prefect_kandinsky.media.images import CheckedImage, check_image, check_images, redact_url
 
 PNG = sample_image_bytes()
 HTML = b"<!DOCTYPE html>\n<html><body><form>Sign in to continue</form></body></html>\n"

@@ -22,20 +22,20 @@ import httpx
 import pytest
 from prefect_aws import AwsCredentials, S3Bucket
 
-from prefect_kandinsky._constants import DEFAULT_PRESIGN_MARGIN_SECONDS
 from prefect_kandinsky.assets import SAMPLE_IMAGE_PATH, sample_image_bytes
-from prefect_kandinsky.client import KandinskyClient
 from prefect_kandinsky.emulator.render import probe_video
-from prefect_kandinsky.exceptions import KandinskyImageError
-from prefect_kandinsky.inputs import (
+from prefect_kandinsky.gateway.client import KandinskyClient
+from prefect_kandinsky.gateway.constants import DEFAULT_PRESIGN_MARGIN_SECONDS
+from prefect_kandinsky.gateway.exceptions import KandinskyImageError
+from prefect_kandinsky.gateway.models import JobStatus, VideoRequest
+from prefect_kandinsky.media.images import check_image
+from prefect_kandinsky.media.storage import MAX_PRESIGN_EXPIRES_SECONDS
+from prefect_kandinsky.media.uploads import (
     PreparedImage,
-    check_image,
     prepare_image,
     prepare_images,
     presign_lifetime,
 )
-from prefect_kandinsky.models import JobStatus, VideoRequest
-from prefect_kandinsky.storage import MAX_PRESIGN_EXPIRES_SECONDS
 
 PNG = sample_image_bytes()
 PNG_SHA256 = hashlib.sha256(PNG).hexdigest()

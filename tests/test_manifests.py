@@ -13,22 +13,20 @@ import pytest
 from prefect.blocks.core import Block
 from prefect.filesystems import LocalFileSystem
 
-from prefect_kandinsky.exceptions import KandinskyBudgetError, KandinskyManifestError
-from prefect_kandinsky.manifests import (
+from prefect_kandinsky.batch.manifests import (
     BatchRow,
-    CostEstimate,
     Manifest,
-    RowProblem,
-    check_budget,
     default_batch_id,
     detect_format,
-    estimate_batch_cost,
     load_manifest,
     parse_manifest,
     row_key,
     validate_rows,
 )
-from prefect_kandinsky.models import VideoRequest
+from prefect_kandinsky.batch.problems import RowProblem, manifest_error
+from prefect_kandinsky.gateway.exceptions import KandinskyBudgetError, KandinskyManifestError
+from prefect_kandinsky.gateway.models import VideoRequest
+from prefect_kandinsky.gateway.prices import CostEstimate, check_budget, estimate_batch_cost
 
 URL = "https://example.com/images"
 
@@ -504,15 +502,15 @@ def test_problem_text_names_line_id_field_and_message() -> None:
     )
 
 
-def test_error_from_problems_sorts_and_counts_rows() -> None:
-    """``KandinskyManifestError.from_problems`` lists problems by line and counts their rows."""
+def test_manifest_error_sorts_and_counts_rows() -> None:
+    """``manifest_error`` lists problems by line and counts their rows."""
     problems = [
         RowProblem(line=9, row_id="b", field="image", value="x.png", message="no such image"),
         RowProblem(line=3, row_id="a", field="image", value="y.png", message="no such image"),
         RowProblem(line=3, row_id="a", field="prompt", value="", message="empty prompt"),
     ]
 
-    error = KandinskyManifestError.from_problems("run.csv", problems)
+    error = manifest_error("run.csv", problems)
 
     assert (
         "run.csv: 3 problems in 2 rows; nothing was submitted:\n"

@@ -9,14 +9,14 @@ import pytest
 from pydantic import ValidationError
 
 import prefect_kandinsky
-from prefect_kandinsky.models import (
+from prefect_kandinsky.gateway.models import (
     JobStatus,
     StatusResponse,
     SubmitResponse,
     VideoRequest,
-    estimate_cost_usd,
     submit_path,
 )
+from prefect_kandinsky.gateway.prices import estimate_cost_usd
 
 IMAGE = "https://example.com/dragon-warrior.jpg"
 

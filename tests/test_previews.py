@@ -17,7 +17,7 @@ import pytest
 
 from prefect_kandinsky.assets import sample_image_bytes
 from prefect_kandinsky.emulator.render import render_video
-from prefect_kandinsky.previews import (
+from prefect_kandinsky.media.previews import (
     PREVIEWS_AVAILABLE_HINT,
     Picture,
     VideoPreview,
@@ -27,7 +27,7 @@ from prefect_kandinsky.previews import (
     video_preview,
 )
 
-LOGGER = "prefect_kandinsky.previews"
+LOGGER = "prefect_kandinsky.media.previews"
 
 
 @pytest.fixture(scope="module")
@@ -390,7 +390,7 @@ def test_without_pyav_nothing_is_made(
 
 def test_module_does_not_import_pyav() -> None:
     """Importing the previews module leaves PyAV unloaded, so it imports fast without it."""
-    code = "import sys, prefect_kandinsky.previews; print('av' in sys.modules)"
+    code = "import sys, prefect_kandinsky.media.previews; print('av' in sys.modules)"
 
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60

@@ -23,10 +23,10 @@ import pytest
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 from prefect_aws import AwsCredentials, S3Bucket
 
-from prefect_kandinsky.client import KandinskyClient
-from prefect_kandinsky.exceptions import KandinskyMediaError, KandinskyMediaExpiredError
-from prefect_kandinsky.models import CompletedVideo, JobOutput, JobStatus, StatusResponse
-from prefect_kandinsky.storage import (
+from prefect_kandinsky.gateway.client import KandinskyClient
+from prefect_kandinsky.gateway.exceptions import KandinskyMediaError, KandinskyMediaExpiredError
+from prefect_kandinsky.gateway.models import CompletedVideo, JobOutput, JobStatus, StatusResponse
+from prefect_kandinsky.media.storage import (
     destination_key,
     output_filename,
     persist_media,

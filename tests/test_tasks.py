@@ -114,7 +114,7 @@ async def test_invalid_request_fails_before_any_network_call(kandinsky_emulator:
 
 def test_cache_keys_ignore_credentials_and_follow_the_request_id() -> None:
     """Keys depend on what was asked, never on the key used to ask it."""
-    from prefect_kandinsky.models import CompletedVideo, StatusResponse, VideoRequest
+    from prefect_kandinsky.gateway.models import CompletedVideo, StatusResponse, VideoRequest
 
     ctx: Any = type("Ctx", (), {"task_run": TaskRun(task_key="k", dynamic_key="0")})()
     request = VideoRequest(prompt="p", image_url="https://example.com/a.png")

@@ -13,9 +13,9 @@ from prefect import flow
 
 from prefect_kandinsky import KandinskyCredentials, PersistedVideo, generate_video
 from prefect_kandinsky.emulator import EmulatorServer
-from prefect_kandinsky.models import CompletedVideo
+from prefect_kandinsky.events.server import WebhookServer
+from prefect_kandinsky.gateway.models import CompletedVideo
 from prefect_kandinsky.tasks import await_video, submit_video
-from prefect_kandinsky.webhooks import WebhookServer
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -158,7 +158,8 @@ async def test_a_batch_waits_on_one_event_stream(
     tmp_path: Path,
 ) -> None:
     """Four 3 s renders, one subscription: each row is woken by its own event, few reads."""
-    from prefect_kandinsky.batch import BatchResult, generate_videos
+    from prefect_kandinsky.batch.flows import generate_videos
+    from prefect_kandinsky.batch.result import BatchResult
 
     kandinsky_emulator.configure(queue_seconds=0.1, processing_seconds=3.0)
     rows = [

@@ -26,19 +26,19 @@ from pydantic import SecretStr
 
 from prefect_kandinsky import JobStatus, KandinskyClient, KandinskyCredentials, VideoRequest
 from prefect_kandinsky.emulator import EmulatorServer
-from prefect_kandinsky.models import WebhookMode
-from prefect_kandinsky.webhooks import (
+from prefect_kandinsky.events.receiver import create_webhook_app
+from prefect_kandinsky.events.server import WebhookServer
+from prefect_kandinsky.events.tokens import (
     EVENT_ID_NAMESPACE,
     TOKEN_LENGTH,
-    WebhookServer,
     callback_token,
     callback_url,
-    create_webhook_app,
     event_id,
     event_name,
     resource_id,
     verify_token,
 )
+from prefect_kandinsky.gateway.models import WebhookMode
 
 SECRET = "whsec-test-3b1f0c9e8d7a6b5c4d3e2f1a"
 COMPLETED = "kandinsky.video.completed"
@@ -556,7 +556,7 @@ async def test_status_read_failures_give_up_without_an_event_then_a_redelivery_w
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Three failed confirmations log an error and emit nothing; the next delivery is processed."""
-    caplog.set_level(logging.WARNING, logger="prefect_kandinsky.webhooks")
+    caplog.set_level(logging.WARNING, logger="prefect_kandinsky.events.receiver")
     request_id = await completed_job(emulator)
     reads_before = emulator.state.count("status", request_id=request_id)
     emulator.state.inject_fault("status", status_code=503, times=3)
@@ -615,7 +615,7 @@ async def test_no_secret_key_or_token_in_logs_or_events(
     assert 400 == (await https.post(url, content=b"nope")).status_code
 
     records = receiver_records(caplog)
-    assert any(r.name == "prefect_kandinsky.webhooks" for r in records)
+    assert any(r.name == "prefect_kandinsky.events.receiver" for r in records)
     for record in records:
         assert no_secrets(record.getMessage(), token_of(url)), record.getMessage()
     for event in sink.of(request_id):

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prefect_kandinsky._lazy import lazy_exports
+from prefect_kandinsky.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from prefect_kandinsky.assets import SAMPLE_IMAGE_PATH, sample_image_bytes

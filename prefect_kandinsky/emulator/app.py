@@ -44,7 +44,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from prefect_kandinsky.models import JobStatus, status_path, submit_path
+from prefect_kandinsky.gateway.models import JobStatus, status_path, submit_path
 
 from .state import (
     MEDIA_TYPE,

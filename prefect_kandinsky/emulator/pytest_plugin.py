@@ -12,7 +12,7 @@ Installed with prefect-kandinsky (a ``pytest11`` entry point), so any project ca
 Example:
     ```python
     import httpx
-    from prefect_kandinsky.models import DEFAULT_MODEL_ID, submit_path
+    from prefect_kandinsky.gateway.models import DEFAULT_MODEL_ID, submit_path
 
 
     def test_my_flow_survives_a_rate_limit(kandinsky_emulator):

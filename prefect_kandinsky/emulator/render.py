@@ -13,7 +13,7 @@ Example:
     ```
 
 PyAV, Pillow and NumPy come with the ``emulator`` extra; they are imported only when a video
-is rendered (the encoding is `prefect_kandinsky.previews.encode_mp4`'s), so the rest of the
+is rendered (the encoding is `prefect_kandinsky.media.previews.encode_mp4`'s), so the rest of the
 emulator imports without them.
 """
 
@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prefect_kandinsky.previews import encode_mp4
+from prefect_kandinsky.media.previews import encode_mp4
 
 if TYPE_CHECKING:
     from av.video.frame import VideoFrame

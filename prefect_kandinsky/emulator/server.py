@@ -49,8 +49,8 @@ import uvicorn
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from starlette.types import ASGIApp, Message
 
-from prefect_kandinsky._serving import ServingThread, bind
-from prefect_kandinsky.models import JobStatus
+from prefect_kandinsky.gateway.models import JobStatus
+from prefect_kandinsky.serving import ServingThread, bind
 
 from .app import DropConnection, create_cdn_app, create_gateway_app
 from .state import (

@@ -48,12 +48,8 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from prefect_kandinsky.models import (
-    DEFAULT_MODEL_ID,
-    JobStatus,
-    VideoRequest,
-    estimate_cost_usd,
-)
+from prefect_kandinsky.gateway.models import DEFAULT_MODEL_ID, JobStatus, VideoRequest
+from prefect_kandinsky.gateway.prices import estimate_cost_usd
 
 EMULATOR_API_KEY = "emulator-key"
 """The subscription key the emulator accepts unless configured otherwise."""

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from prefect_kandinsky.models import StatusResponse
+from prefect_kandinsky.gateway.models import StatusResponse
 
 
 @dataclass(frozen=True)

@@ -34,3 +34,33 @@ def lazy_exports(
         return sorted({*namespace, *origins})
 
     return __getattr__, __dir__
+
+
+def moved_module(
+    namespace: dict[str, Any], modules: tuple[str, ...]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """The ``__getattr__`` and ``__dir__`` of an old module path whose names moved to ``modules``.
+
+    A name is looked up in each module in turn (imported on first access), so
+    ``from prefect_kandinsky.webhooks import serve`` keeps working after ``serve`` moved.
+    """
+    package = namespace["__name__"]
+
+    def __getattr__(name: str) -> Any:
+        """The name from the first of ``modules`` that defines it."""
+        for module in modules:
+            found = importlib.import_module(module)
+            if hasattr(found, name):
+                value = getattr(found, name)
+                namespace[name] = value
+                return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        """Every public name of the modules the old path stands for."""
+        names = {*namespace}
+        for module in modules:
+            names.update(n for n in dir(importlib.import_module(module)) if not n.startswith("_"))
+        return sorted(names)
+
+    return __getattr__, __dir__

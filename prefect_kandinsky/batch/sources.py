@@ -1,0 +1,154 @@
+"""Where a manifest's text comes from: a local file, an ``s3://`` object read through an
+``S3Bucket`` block, or a path inside any saved Prefect filesystem block
+(``<block-slug>/<block-name>/<path>``). Each source is read whole, decoded as UTF-8 and named
+in every error.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, cast
+
+import anyio
+
+from prefect_kandinsky.batch.problems import RowProblem, manifest_error
+from prefect_kandinsky.gateway.exceptions import KandinskyManifestError
+
+KNOWN_STORAGE_BLOCK_SLUGS: frozenset[str] = frozenset(
+    {
+        "local-file-system",
+        "remote-file-system",
+        "smb",
+        "s3-bucket",
+        "gcs-bucket",
+        "azure-blob-storage-container",
+    }
+)
+"""Block types whose ``read_path`` can read a manifest given as ``<slug>/<block>/<path>``."""
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/key`` into bucket and key; ValueError naming the shape otherwise."""
+    text = uri.strip()
+    if text[:5].lower() == "s3://":
+        bucket, _, key = text[5:].partition("/")
+        if bucket and key and not key.endswith("/") and not any(c.isspace() for c in bucket):
+            return bucket, key
+    raise ValueError(f"must be an s3://bucket/key URI naming one object; got {uri!r}")
+
+
+async def read_manifest(name: str, s3_bucket: Any | None) -> tuple[str, str, Path | None]:
+    """(source, text, folder of its relative image paths) of the manifest ``name``."""
+    if name.strip()[:5].lower() == "s3://":
+        source, text = await _read_s3(name.strip(), s3_bucket)
+        return source, text, None
+    block_path = _block_path(name)
+    local = await anyio.to_thread.run_sync(_read_local, name, block_path is None)
+    if local is None:  # not a local file: the path in a storage block
+        assert block_path is not None
+        return await _read_block(*block_path)
+    source, text = local
+    return source, text, Path(source).parent
+
+
+def _unreadable(source: str, detail: str) -> KandinskyManifestError:
+    return manifest_error(
+        source,
+        [RowProblem(line=None, value=source, message=detail, scope="manifest")],
+        message=f"Could not read manifest {source}: {detail}; nothing was submitted",
+    )
+
+
+def _decode(data: bytes, source: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _unreadable(
+            source,
+            f"not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); save it as UTF-8",
+        ) from exc
+
+
+def _read_local(name: str, required: bool) -> tuple[str, str] | None:
+    """(absolute path, text) of a local manifest; None if absent and not ``required``."""
+    path = Path(os.path.expanduser(name))
+    source = str(path.resolve())
+    if not path.is_file():
+        if not path.exists() and not required:
+            return None
+        found = "is a folder" if path.is_dir() else "does not exist"
+        raise _unreadable(
+            source,
+            f"{source} {found}: give a CSV or JSONL file, an s3://bucket/key URI or "
+            "<block-type-slug>/<block-name>/<path> (block types: "
+            f"{', '.join(sorted(KNOWN_STORAGE_BLOCK_SLUGS))})",
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _unreadable(source, f"{type(exc).__name__}: {exc}") from exc
+    return source, _decode(data, source)
+
+
+async def _read_s3(uri: str, s3_bucket: Any | None) -> tuple[str, str]:
+    try:
+        bucket, key = split_s3_uri(uri)
+    except ValueError as exc:
+        raise ValueError(f"Manifest {exc}") from None
+    source = f"s3://{bucket}/{key}"
+    if s3_bucket is None:
+        raise ValueError(
+            f"Manifest {source} is on S3: pass s3_bucket=S3Bucket.load('BLOCK_NAME'), a "
+            "prefect-aws S3Bucket block whose credentials can read it"
+        )
+
+    def read() -> bytes:
+        client = s3_bucket.credentials.get_s3_client()
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+        try:
+            return cast(bytes, body.read())
+        finally:
+            body.close()
+
+    try:
+        data = await anyio.to_thread.run_sync(read)
+    except Exception as exc:
+        raise _unreadable(source, f"{type(exc).__name__}: {exc}") from exc
+    return source, _decode(data, source)
+
+
+def _block_path(name: str) -> tuple[str, str, str] | None:
+    parts = name.strip().split("/", 2)
+    if len(parts) != 3 or parts[0] not in KNOWN_STORAGE_BLOCK_SLUGS:
+        return None
+    slug, block_name, path = parts
+    if not block_name or not path.strip("/"):
+        return None
+    return slug, block_name, path
+
+
+async def _read_block(slug: str, block_name: str, path: str) -> tuple[str, str, Path | None]:
+    from prefect.blocks.core import Block
+    from prefect.filesystems import LocalFileSystem, WritableFileSystem
+
+    from prefect_kandinsky.media.storage import call_block
+
+    source = f"{slug}/{block_name}/{path}"
+    try:
+        block: Block = await Block.aload(f"{slug}/{block_name}")
+    except Exception as exc:
+        raise _unreadable(
+            source,
+            f"could not load block {slug}/{block_name} ({type(exc).__name__}: {exc}); create "
+            "it, or check its name",
+        ) from exc
+    try:
+        data = await call_block(cast(WritableFileSystem, block), "read_path", path)
+    except Exception as exc:
+        raise _unreadable(source, f"{type(exc).__name__}: {exc}") from exc
+    base_dir: Path | None = None
+    if isinstance(block, LocalFileSystem):
+        # Relative image paths are read from the manifest's folder inside the block.
+        base_dir = await anyio.to_thread.run_sync(lambda: block._resolve_path(path).parent)
+    return source, _decode(bytes(data), source), base_dir
