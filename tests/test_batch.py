@@ -277,3 +277,104 @@ async def test_private_inputs_and_outputs_go_through_s3(
         assert record.public_url
         assert 25 == probe_video(httpx.get(record.public_url).content).frames
     assert not any(r.key_present for r in kandinsky_emulator.state.requests(origin="cdn"))
+
+
+async def test_a_file_already_at_a_rows_filename_is_refused_before_any_submit(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """Another file at a row's filename: a row problem before paying; overwrite=True replaces it."""
+    rows = catalogue(kandinsky_emulator, 2)
+    for row in rows:
+        row["filename"] = f"{row['id']}.mp4"
+    manifest = write_manifest(tmp_path / "named.csv", rows)
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "sku-2.mp4").write_bytes(b"last year's video")
+
+    state = await run_batch(manifest, credentials, tmp_path)
+    with pytest.raises(
+        KandinskyManifestError,
+        match=r"line 3 \(id sku-2\): filename: .*sku-2\.mp4 already exists.*overwrite=True",
+    ):
+        await state.result()
+    assert 0 == kandinsky_emulator.state.count("submit")
+
+    replaced = await run_batch(manifest, credentials, tmp_path, overwrite=True)
+    assert {"stored": 2} == (await replaced.result()).counts
+    assert 25 == probe_video((tmp_path / "videos" / "sku-2.mp4").read_bytes()).frames
+
+
+async def test_an_over_long_filename_is_refused_before_any_submit(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """A 300-character file name: a row problem naming the limit; nothing paid."""
+    rows = catalogue(kandinsky_emulator, 2)
+    rows[0]["filename"] = "x" * 296 + ".mp4"
+    rows[1]["filename"] = "short.mp4"
+    manifest = write_manifest(tmp_path / "long.csv", rows)
+    state = await run_batch(manifest, credentials, tmp_path)
+    with pytest.raises(
+        KandinskyManifestError, match=r"line 2 \(id sku-1\): filename: .*at most 255 bytes"
+    ):
+        await state.result()
+    assert 0 == kandinsky_emulator.state.count("submit")
+
+
+def _break_the_wait(server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first status read of the run raises an error nobody planned for."""
+    from prefect_kandinsky.batch import runner
+    from prefect_kandinsky.progress import StatusRead
+
+    real = runner.report
+
+    def report(event: Any) -> None:
+        if isinstance(event, StatusRead):
+            monkeypatch.setattr(runner, "report", real)
+            raise RuntimeError("the progress display broke")
+        real(event)
+
+    monkeypatch.setattr(runner, "report", report)
+
+
+def _break_the_download(server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CDN answers 500 to every download of the run."""
+    server.state.inject_fault("media", status_code=500, times=100)
+
+
+def _break_the_store(server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file sits where the row's folder should be: the store fails with an OSError."""
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "clips").write_bytes(b"in the way")
+
+
+@pytest.mark.parametrize(
+    "step", [_break_the_wait, _break_the_download, _break_the_store], ids=lambda f: f.__name__
+)
+async def test_a_row_that_fails_after_its_submit_is_resumed_not_paid_again(
+    kandinsky_emulator: Any,
+    credentials: KandinskyCredentials,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    step: Any,
+) -> None:
+    """An error after the submit (waiting, downloading, storing): the re-run finishes that job."""
+    rows = catalogue(kandinsky_emulator, 1, resolution="512P", destination="clips")
+    manifest = write_manifest(tmp_path / "once.csv", rows)
+    step(kandinsky_emulator, tmp_path, monkeypatch)
+
+    first = await run_batch(manifest, credentials, tmp_path)
+    with pytest.raises(KandinskyBatchIncompleteError) as caught:
+        await first.result()
+    (row,) = caught.value.result.rows
+    assert row.request_id and row.state in ("submitted", "completed"), row
+    assert row.error
+
+    kandinsky_emulator.state.clear_faults()
+    monkeypatch.undo()
+    (tmp_path / "videos" / "clips").unlink(missing_ok=True)
+    again = await run_batch(manifest, credentials, tmp_path)
+    result: BatchResult = await again.result()
+
+    assert {"stored": 1} == result.counts
+    assert 1 == kandinsky_emulator.state.count("submit")
+    assert Decimal("10") - kandinsky_emulator.state.balance == result.charged_usd
+    assert Decimal("0.04") == result.charged_usd

@@ -37,6 +37,7 @@ from prefect_kandinsky.batch.runner import (
     resolve_images,
     run_rows,
 )
+from prefect_kandinsky.batch.targets import target_problems
 from prefect_kandinsky.blocks import load_credentials, load_destination
 from prefect_kandinsky.credentials import KandinskyCredentials
 from prefect_kandinsky.gateway.constants import (
@@ -190,6 +191,7 @@ async def generate_videos(
     check_image: bool = True,
     retry_failed: bool = False,
     resubmit_uncertain: bool = False,
+    overwrite: bool = False,
     allow_failures: bool = False,
     chunk_size: Annotated[int, Field(ge=1)] = DEFAULT_CHUNK_SIZE,
     chunk_deployment: str | None = None,
@@ -233,6 +235,8 @@ async def generate_videos(
         retry_failed: Submit rows that ended FAILED again (they were charged).
         resubmit_uncertain: Submit again rows whose earlier submit may have reached the
             gateway (check the gateway first, or pay twice).
+        overwrite: Replace a file already at a row's ``filename`` (checked before the first
+            submit, and refused as a row problem without it).
         allow_failures: Return the result even if some rows are not stored, instead of
             failing the flow run.
         chunk_size: Rows per child flow run when ``chunk_deployment`` is set.
@@ -312,6 +316,9 @@ async def generate_videos(
         check=check_image,
         expires_seconds=presign_lifetime(wait_timeout_seconds),
         source=manifest.source,
+        problems=await target_problems(
+            [row for _, row in todo], target, folder, overwrite=overwrite
+        ),
     )
     prepared = prepare_rows(keyed, urls, folder)
     stored_before = sum(1 for record in known.values() if record.done)
@@ -335,6 +342,7 @@ async def generate_videos(
         max_poll_interval_seconds=max_poll_interval_seconds,
         retry_failed=retry_failed,
         resubmit_uncertain=resubmit_uncertain,
+        overwrite=overwrite,
         webhook_base_url=webhook_base_url,
         webhook_mode=webhook_mode,
         wait=wait,

@@ -90,6 +90,10 @@ __all__ = [
 ImageKind = Literal["url", "s3", "file"]
 ManifestFormat = Literal["csv", "jsonl"]
 
+MAX_NAME_BYTES = 255
+"""Longest file or folder name (UTF-8 bytes) a row may give: what local file systems take."""
+MAX_PATH_BYTES = 900
+"""Longest ``destination/filename`` of a row, leaving room under S3's 1024-byte keys."""
 COLUMN_ALIASES: dict[str, str] = {"image_url": "image", "steps": "num_inference_steps"}
 """Other names accepted for a column."""
 
@@ -191,6 +195,7 @@ def _check_relative(value: object, field: str) -> str | None:
             check_filename(text)
         except ValueError as exc:
             raise invalid_value(str(exc)) from None
+        _check_length(text, field)
         return text
     folder = text.rstrip("/")
     try:
@@ -200,7 +205,25 @@ def _check_relative(value: object, field: str) -> str | None:
             "destination must be a relative folder such as 'catalogue' or 'day1/clips' "
             f"(no '..', no absolute path); got {value!r}"
         ) from None
+    _check_length(folder, field)
     return folder
+
+
+def _check_length(text: str, field: str) -> None:
+    """Refuse a name no file system or object store would take, before anything is paid."""
+    for part in text.split("/"):
+        size = len(part.encode())
+        if size > MAX_NAME_BYTES:
+            raise invalid_value(
+                f"{field} has a name of {size} bytes ({part[:24]!r}...); a file or folder "
+                f"name may have at most {MAX_NAME_BYTES} bytes: shorten it"
+            )
+    if len(text.encode()) > MAX_PATH_BYTES:
+        raise invalid_value(
+            f"{field} is {len(text.encode())} bytes long; at most {MAX_PATH_BYTES} bytes "
+            "(with destination and filename together well under S3's 1024-byte keys): "
+            "shorten it"
+        )
 
 
 class BatchRow(BaseModel):

@@ -16,7 +16,10 @@ row that is stored, submitted or completed: it waits for or downloads those by r
 row that ended ERROR (not charged) is submitted again; a FAILED row (charged) only with
 ``retry_failed=True``; a row whose submit may or may not have reached the gateway (the process
 died or the answer was lost) only with ``resubmit_uncertain=True``. A failed row never stops
-the others.
+the others, and whatever fails after a submit (the wait, the download, the store, anything
+unexpected) is written onto the row's latest record: its request id, attempts and charge
+stay, so a re-run resumes that job instead of paying for another. A row's ``filename`` is
+checked for length and for a file already there before anything is paid (``targets.py``).
 
 The rows of one flow run are worked by one event loop with one connection pool and no task
 run per row: orchestration costs a flow run, the artifacts and (with ``rate_limit``) one
@@ -131,11 +134,16 @@ async def resolve_images(
     check: bool,
     expires_seconds: int,
     source: str,
+    problems: Sequence[RowProblem] = (),
 ) -> dict[str, str]:
-    """The image URL of each row to submit; every problem at once, before anything is paid."""
+    """The image URL of each row to submit; every problem at once, before anything is paid.
+
+    ``problems`` found earlier (e.g. files already at the destination) are reported with the
+    images' in one :class:`~prefect_kandinsky.gateway.exceptions.KandinskyManifestError`.
+    """
     sources = [row.image for _, row in rows]
     prepared = await prepare_images(sources, bucket=bucket, expires_seconds=expires_seconds)
-    problems: list[RowProblem] = []
+    problems = list(problems)
     urls: dict[str, str] = {}
     for key, row in rows:
         outcome = prepared[row.image]
@@ -193,6 +201,7 @@ class RowSettings(BaseModel):
     max_poll_interval_seconds: float = Field(default=DEFAULT_MAX_POLL_INTERVAL, gt=0)
     retry_failed: bool = False
     resubmit_uncertain: bool = False
+    overwrite: bool = False
     webhook_base_url: str | None = None
     webhook_mode: WebhookMode | None = None
     wait: Literal["poll", "events"] = "poll"
@@ -211,6 +220,7 @@ class _Rows:
     callback: Callable[[], str] | None = None
     signals: EventSignals | None = None
     stopped: str | None = None
+    latest: dict[str, RowRecord] = field(default_factory=dict)
     in_flight: asyncio.Semaphore = field(init=False)
     downloads: asyncio.Semaphore = field(init=False)
 
@@ -228,13 +238,23 @@ class _Rows:
         try:
             record = await self._advance(row, record)
         except Exception as exc:  # one row's surprise never stops the others
-            record = await self._save(record, error=f"{type(exc).__name__}: {exc}")
+            # From the last record written, not the one this row started with: a row that
+            # was submitted keeps its request id, attempts and charge, and a re-run resumes
+            # that job instead of paying for another.
+            latest = self.latest.get(row.key, record)
+            error = f"{type(exc).__name__}: {exc}"
+            try:
+                record = await self._save(latest, error=error)
+            except Exception:  # the ledger itself fails: the last record written stands
+                record = latest.model_copy(update={"error": error})
         await self.progress.row_done(record)
         report(record)
         return record
 
     async def _save(self, record: RowRecord, **changes: Any) -> RowRecord:
-        return await self.ledger.write(record.model_copy(update=changes))
+        saved = await self.ledger.write(record.model_copy(update=changes))
+        self.latest[saved.key] = saved
+        return saved
 
     async def _advance(self, row: PreparedRow, record: RowRecord) -> RowRecord:
         settings = self.settings
@@ -375,6 +395,7 @@ class _Rows:
                     video,
                     self.destination,
                     filename="/".join(part for part in (row.folder, name) if part),
+                    overwrite=self.settings.overwrite,
                     preview=1,
                     preview_width=THUMBNAIL_WIDTH,
                 )
