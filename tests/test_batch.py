@@ -378,3 +378,28 @@ async def test_a_row_that_fails_after_its_submit_is_resumed_not_paid_again(
     assert 1 == kandinsky_emulator.state.count("submit")
     assert Decimal("10") - kandinsky_emulator.state.balance == result.charged_usd
     assert Decimal("0.04") == result.charged_usd
+
+
+async def test_a_wait_outlasts_refused_status_reads_and_the_row_is_stored(
+    kandinsky_emulator: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Eight status reads refused (503, 429, dropped) past the client's retries: stored anyway."""
+    state = kandinsky_emulator.state
+    state.inject_fault("status", status_code=503, times=3)
+    state.inject_fault("status", status_code=429, retry_after=0.1, times=3)
+    state.inject_fault("status", action="drop", times=2)
+    creds = KandinskyCredentials(
+        api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url, max_retries=1
+    )
+    manifest = write_manifest(tmp_path / "patient.csv", catalogue(kandinsky_emulator, 1))
+
+    result: BatchResult = await (await run_batch(manifest, creds, tmp_path)).result()
+
+    assert {"stored": 1} == result.counts
+    assert 1 == state.count("submit")
+    assert [] == state.faults, "every refusal was met"
+    failures = [
+        r for r in caplog.records if "failed" in r.getMessage() and "in a row" in r.getMessage()
+    ]
+    assert 4 == len(failures), "one warning per failed status read, after the client's retry"
+    assert all(r.levelname == "WARNING" for r in failures)

@@ -114,6 +114,8 @@ _WAY_OUT: dict[int, str] = {
     404: "check the request id and the gateway base_url",
 }
 # Transport errors raised before a single byte of the request left this machine.
+TRANSIENT_STATUS_ERRORS = (KandinskyRateLimitError, KandinskyServerError, KandinskyConnectionError)
+"""Failures of a status read that can pass: a wait reads again instead of ending."""
 _NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _SHORT_READ = (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout)
 
@@ -437,6 +439,12 @@ class KandinskyClient:
         wait is shortened by up to a quarter at random so that many waiters do not poll in
         step. The deadline is monotonic: time spent in requests and retries counts.
 
+        A status read that fails for a reason that can pass (429, 5xx, an unreadable answer,
+        a connection error), after the client's own retries, costs a pause, not the wait:
+        it is logged as a warning and read again after the gateway's ``Retry-After`` or a
+        backoff from ``poll_interval`` up to ``max_poll_interval``, until the deadline. Only
+        answers that cannot change (400, 401, 403, 404) end the wait early.
+
         Args:
             request_id: The generation to wait for.
             timeout: Seconds before :class:`KandinskyWaitTimeoutError` is raised.
@@ -451,7 +459,9 @@ class KandinskyClient:
         Raises:
             KandinskyGenerationFailedError: the generation ended FAILED.
             KandinskySystemError: the generation ended ERROR (not charged).
-            KandinskyWaitTimeoutError: the deadline passed; wait again with the same id.
+            KandinskyWaitTimeoutError: the deadline passed (also while status reads kept
+                failing); wait again with the same id.
+            KandinskyAPIError: a status read was refused for good (400, 401, 403, 404).
         """
         if poll_interval <= 0 or max_poll_interval <= 0:
             raise ValueError("poll_interval and max_poll_interval must be positive")
@@ -459,8 +469,23 @@ class KandinskyClient:
         deadline = started + timeout
         interval = min(poll_interval, max_poll_interval)
         last: StatusResponse | None = None
+        failures = 0
         while True:
-            current = await self.get_status(request_id)
+            try:
+                current = await self.get_status(request_id)
+            except TRANSIENT_STATUS_ERRORS as exc:
+                failures += 1
+                await self._pause_after_failure(
+                    exc,
+                    request_id=request_id,
+                    failures=failures,
+                    delay=min(poll_interval * 2.0**failures, max_poll_interval),
+                    started=started,
+                    deadline=deadline,
+                    last=last,
+                )
+                continue
+            failures = 0
             if last is None or current.status is not last.status:
                 await _call(on_change, current)
             await _call(on_poll, current)
@@ -486,6 +511,47 @@ class KandinskyClient:
             delay = interval * (1 - DEFAULT_RETRY_JITTER * random.random())
             await self._sleep(min(delay, remaining))
             interval = min(interval * DEFAULT_POLL_BACKOFF, max_poll_interval)
+
+    async def _pause_after_failure(
+        self,
+        exc: KandinskyError,
+        *,
+        request_id: str,
+        failures: int,
+        delay: float,
+        started: float,
+        deadline: float,
+        last: StatusResponse | None,
+    ) -> None:
+        """Sleep after a failed status read of a wait, or raise once its deadline passed."""
+        now = self._clock()
+        if now >= deadline:
+            status = last.status.value if last is not None else "unknown"
+            raise KandinskyWaitTimeoutError(
+                f"Generation {request_id} was last seen {status}; its status reads kept "
+                f"failing until the wait's deadline ({now - started:.0f}s; last: {exc}); it "
+                "may go on at the gateway: wait again with this request id instead of "
+                "submitting a new job",
+                request_id=request_id,
+                status=last.status if last is not None else None,
+                waited_seconds=now - started,
+            ) from exc
+        retry_after = exc.retry_after if isinstance(exc, KandinskyRateLimitError) else None
+        if retry_after is None:
+            delay *= 1 - DEFAULT_RETRY_JITTER * random.random()
+        else:
+            delay = retry_after
+        delay = min(delay, deadline - now)
+        self._log.warning(
+            "Status read of %s failed (%s), %d time(s) in a row; reading again in %.1fs "
+            "(%.0fs left before the wait's deadline)",
+            request_id,
+            exc,
+            failures,
+            delay,
+            deadline - now,
+        )
+        await self._sleep(delay)
 
     @asynccontextmanager
     async def open_media(
