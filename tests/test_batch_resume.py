@@ -7,13 +7,14 @@ witness: it counts submits and downloads per request id.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,11 @@ asyncio.run(generate_videos(settings.pop("manifest"), credentials=credentials, *
 KILL_TIMEOUT = 60.0
 
 
-def write_manifest(path: Path, server: Any, count: int) -> str:
+def write_manifest(path: Path, server: Any, count: int, order: Sequence[int] | None = None) -> str:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "prompt", "image", "resolution", "duration"])
-        for n in range(1, count + 1):
+        for n in order or range(1, count + 1):
             writer.writerow(
                 [f"row-{n}", f"Scene {n}: the leaves fall.", server.sample_image_url, "256P", "1s"]
             )
@@ -118,6 +119,20 @@ async def run_again(server: Any, options: dict[str, Any], **changes: Any) -> Bat
     except KandinskyBatchIncompleteError as exc:
         return exc.result  # type: ignore[no-any-return]
     return result
+
+
+def peak_active_jobs(state: Any) -> int:
+    """The most jobs active at the gateway at once: from each job's creation to its end."""
+    moments = []
+    for job in state.jobs():
+        moments.append((job.created_at, 1))
+        if job.completed_at is not None:
+            moments.append((job.completed_at, -1))
+    peak = active = 0
+    for _, change in sorted(moments, key=lambda m: (m[0], m[1])):
+        active += change
+        peak = max(peak, active)
+    return peak
 
 
 def full_downloads(state: Any) -> dict[str, int]:
@@ -210,3 +225,58 @@ async def test_killed_mid_download_the_video_is_fetched_once_more_only(
     assert {1} == set(downloads.values())
     stored = {r.request_id: r for r in result.rows}
     assert Path(str(stored[stalled].uri)).stat().st_size == stored[stalled].size_bytes
+
+
+async def test_renders_left_in_flight_count_against_max_concurrency_on_the_rerun(
+    kandinsky_emulator: Any, tmp_path: Path, killed_run: Callable[..., None]
+) -> None:
+    """Killed with 3 renders in flight (max 3); the rerun, rows reordered, never has 4 active."""
+    state = kandinsky_emulator.state
+    kandinsky_emulator.configure(manual=True)
+    manifest = write_manifest(tmp_path / "rows.csv", kandinsky_emulator, 6)
+    options = settings(kandinsky_emulator, manifest, tmp_path, max_concurrency=3)
+
+    def three_in_flight() -> bool:
+        jobs = state.jobs()
+        return len(jobs) == 3 and all(state.count("status", request_id=j.request_id) for j in jobs)
+
+    killed_run(options, three_in_flight)
+    seen = {
+        job.request_id: state.count("status", request_id=job.request_id) for job in state.jobs()
+    }
+    # The rerun reads the unsubmitted rows first: they must still wait for the old renders.
+    write_manifest(tmp_path / "rows.csv", kandinsky_emulator, 6, order=[6, 5, 4, 3, 2, 1])
+
+    async def finish_jobs_the_rerun_waits_for() -> None:
+        finished: set[str] = set()
+        while True:
+            for job in state.jobs():
+                read = state.count("status", request_id=job.request_id) > seen.get(
+                    job.request_id, 0
+                )
+                if read and job.request_id not in finished:
+                    state.advance(job.request_id, "COMPLETED")
+                    finished.add(job.request_id)
+            await asyncio.sleep(0.02)
+
+    driver = asyncio.create_task(finish_jobs_the_rerun_waits_for())
+    try:
+        result = await run_again(kandinsky_emulator, options)
+    finally:
+        driver.cancel()
+
+    assert result.complete
+    assert 6 == state.count("submit")
+    assert 3 == peak_active_jobs(state)
+
+
+async def test_a_run_never_has_more_renders_in_flight_than_max_concurrency(
+    kandinsky_emulator: Any, tmp_path: Path
+) -> None:
+    """Eight rows at max_concurrency=3: the gateway never sees more than 3 jobs active."""
+    manifest = write_manifest(tmp_path / "rows.csv", kandinsky_emulator, 8)
+    result = await run_again(
+        kandinsky_emulator, settings(kandinsky_emulator, manifest, tmp_path, max_concurrency=3)
+    )
+    assert result.complete
+    assert 3 == peak_active_jobs(kandinsky_emulator.state)

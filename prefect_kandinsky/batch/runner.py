@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -208,6 +208,38 @@ class RowSettings(BaseModel):
     safety_poll_seconds: float = Field(default=DEFAULT_SAFETY_POLL_SECONDS, gt=0)
 
 
+class RenderSlots:
+    """Renders in flight for one run, at most ``limit``, counting those of earlier runs.
+
+    A row submitted by an earlier run (killed, or stopped waiting) is rendering at the
+    gateway already: its slot is reserved before any row of this run starts, so new submits
+    wait until the renders found in flight plus this run's own are under the limit.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._changed = asyncio.Condition()
+
+    def reserve(self, count: int) -> None:
+        """Count ``count`` renders already in flight (they take their slots at once)."""
+        self.used += count
+
+    @contextlib.asynccontextmanager
+    async def hold(self, *, reserved: bool) -> AsyncIterator[None]:
+        """A slot for one render: one reserved earlier, or the next free one."""
+        if not reserved:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.used < self.limit)
+                self.used += 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.used -= 1
+                self._changed.notify()
+
+
 @dataclass
 class _Rows:
     """Works rows through submit, wait and persist, writing the ledger at each step."""
@@ -221,22 +253,36 @@ class _Rows:
     signals: EventSignals | None = None
     stopped: str | None = None
     latest: dict[str, RowRecord] = field(default_factory=dict)
-    in_flight: asyncio.Semaphore = field(init=False)
+    in_flight: RenderSlots = field(init=False)
     downloads: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
-        self.in_flight = asyncio.Semaphore(self.settings.max_concurrency)
+        self.in_flight = RenderSlots(self.settings.max_concurrency)
         self.downloads = asyncio.Semaphore(self.settings.downloads)
 
     async def run(
         self, rows: Sequence[PreparedRow], known: Mapping[str, RowRecord]
     ) -> list[RowRecord]:
-        return list(await asyncio.gather(*(self._row(row, known.get(row.key)) for row in rows)))
+        """Every row's final record, in the order of ``rows``.
 
-    async def _row(self, row: PreparedRow, record: RowRecord | None) -> RowRecord:
+        Rows an earlier run submitted (still rendering) reserve their slots and start first,
+        so no new submit goes out while they hold the run's ``max_concurrency``.
+        """
+        resumed = {row.key for row in rows if _rendering(known.get(row.key))}
+        self.in_flight.reserve(len(resumed))
+        order = sorted(range(len(rows)), key=lambda i: rows[i].key not in resumed)
+        done = await asyncio.gather(
+            *(self._row(rows[i], known.get(rows[i].key), rows[i].key in resumed) for i in order)
+        )
+        records: list[RowRecord | None] = [None] * len(rows)
+        for index, record in zip(order, done, strict=True):
+            records[index] = record
+        return [record for record in records if record is not None]
+
+    async def _row(self, row: PreparedRow, record: RowRecord | None, reserved: bool) -> RowRecord:
         record = record or new_record(row)
         try:
-            record = await self._advance(row, record)
+            record = await self._advance(row, record, reserved)
         except Exception as exc:  # one row's surprise never stops the others
             # From the last record written, not the one this row started with: a row that
             # was submitted keeps its request id, attempts and charge, and a re-run resumes
@@ -256,8 +302,9 @@ class _Rows:
         self.latest[saved.key] = saved
         return saved
 
-    async def _advance(self, row: PreparedRow, record: RowRecord) -> RowRecord:
+    async def _advance(self, row: PreparedRow, record: RowRecord, reserved: bool) -> RowRecord:
         settings = self.settings
+        # A reserved row is submitted: none of the returns below its slot's hold applies.
         if record.state == "stored":
             return record
         if record.state == "failed" and not settings.retry_failed:
@@ -272,15 +319,15 @@ class _Rows:
                 "gateway)",
             )
         status: StatusResponse | None = None
-        async with self.in_flight:
-            if record.state not in ("submitted", "completed"):
-                record = await self._submit(row, record)
-                if record.state != "submitted":
-                    return record
-            if record.state == "submitted":
+        if reserved or record.state != "completed":
+            async with self.in_flight.hold(reserved=reserved):
+                if not reserved:
+                    record = await self._submit(row, record)
+                    if record.state != "submitted":
+                        return record
                 record, status = await self._wait(record)
-                if record.state != "completed":
-                    return record
+            if record.state != "completed":
+                return record
         async with self.downloads:
             return await self._persist(row, record, status)
 
@@ -465,6 +512,11 @@ def _callback_maker(
     secret = credentials.webhook_secret
     run_callback_url(base, secret, flow_run_id=runtime_flow_run.id)  # refuse a bad base now
     return lambda: run_callback_url(base, secret, flow_run_id=runtime_flow_run.id)
+
+
+def _rendering(record: RowRecord | None) -> bool:
+    """Whether an earlier run left this row's job at the gateway, not yet finished."""
+    return record is not None and record.state == "submitted" and record.request_id is not None
 
 
 def new_record(row: PreparedRow, *, error: str | None = None) -> RowRecord:
