@@ -22,6 +22,8 @@ import pytest
 
 from prefect_kandinsky import KandinskyCredentials
 from prefect_kandinsky.batch.flows import generate_videos
+from prefect_kandinsky.batch.lease import BatchLease, KandinskyBatchBusyError
+from prefect_kandinsky.batch.ledger import Ledger
 from prefect_kandinsky.batch.result import BatchResult
 from prefect_kandinsky.gateway.exceptions import KandinskyBatchIncompleteError
 
@@ -66,12 +68,17 @@ def settings(server: Any, manifest: str, tmp_path: Path, **changes: Any) -> dict
 
 @pytest.fixture
 def killed_run(kandinsky_emulator: Any) -> Iterator[Callable[..., None]]:
-    """Start the batch in a process and SIGKILL it once ``reached()`` is true."""
+    """Start the batch in a process and SIGKILL it once ``reached()`` is true.
+
+    With ``kill=False`` the process is left running (and killed at the end of the test).
+    """
     from prefect.settings import PREFECT_API_URL
 
     started: list[subprocess.Popen[bytes]] = []
 
-    def run(options: dict[str, Any], reached: Callable[[], bool]) -> None:
+    def run(
+        options: dict[str, Any], reached: Callable[[], bool], kill: bool = True
+    ) -> subprocess.Popen[bytes]:
         argument = json.dumps(
             {
                 **options,
@@ -98,8 +105,10 @@ def killed_run(kandinsky_emulator: Any) -> Iterator[Callable[..., None]]:
                 )  # type: ignore[union-attr]
             assert time.monotonic() < deadline, "the point to kill at was never reached"
             time.sleep(0.02)
-        process.kill()
-        process.wait(timeout=10)
+        if kill:
+            process.kill()
+            process.wait(timeout=10)
+        return process
 
     yield run
     for process in started:
@@ -280,3 +289,57 @@ async def test_a_run_never_has_more_renders_in_flight_than_max_concurrency(
     )
     assert result.complete
     assert 3 == peak_active_jobs(kandinsky_emulator.state)
+
+
+async def test_a_second_run_of_a_batch_is_refused_while_the_first_one_runs(
+    kandinsky_emulator: Any, tmp_path: Path, killed_run: Callable[..., Any]
+) -> None:
+    """Run 2 starts while run 1 renders: refused, naming run 1, paying nothing; after it, fine."""
+    state = kandinsky_emulator.state
+    kandinsky_emulator.configure(manual=True)
+    manifest = write_manifest(tmp_path / "rows.csv", kandinsky_emulator, 2)
+    options = settings(kandinsky_emulator, manifest, tmp_path, max_concurrency=2)
+
+    def both_in_flight() -> bool:
+        jobs = state.jobs()
+        return len(jobs) == 2 and all(state.count("status", request_id=j.request_id) for j in jobs)
+
+    first = killed_run(options, both_in_flight, kill=False)
+    with pytest.raises(
+        KandinskyBatchBusyError,
+        match=rf"is being run by flow run 'generate-videos-rows-csv' .*pid {first.pid} on "
+        r".*nothing was submitted",
+    ):
+        await run_again(kandinsky_emulator, options)
+    assert 2 == state.count("submit")
+
+    first.kill()
+    first.wait(timeout=10)
+    kandinsky_emulator.configure(manual=False)
+    result = await run_again(kandinsky_emulator, options)
+    assert result.complete, "a holder killed on this machine gives the lease up at once"
+    assert 2 == state.count("submit")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+async def test_a_lease_is_taken_once_and_taken_over_only_once_expired(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Exclusive create on disk, conditional put on S3: one holder; takeover after expiry."""
+    location = tmp_path if where == "local" else request.getfixturevalue("s3_bucket")
+    ledger = Ledger(location, "catalogue-2026-11")
+    first = BatchLease(ledger, holder="run A", seconds=60)
+    await first.acquire()
+    with pytest.raises(KandinskyBatchBusyError, match=r"being run by run A \(its lease"):
+        await BatchLease(ledger, holder="run B", seconds=60).acquire()
+
+    brief = BatchLease(Ledger(location, "catalogue-2026-12"), holder="run C", seconds=1e-6)
+    await brief.acquire()
+    taker = BatchLease(Ledger(location, "catalogue-2026-12"), holder="run D", seconds=60)
+    await taker.acquire()
+    await brief.renew()
+    assert brief.lost and "taken over by another run" in brief.lost
+    await taker.release()
+    await first.release()
+    again = BatchLease(ledger, holder="run E", seconds=60)
+    await again.acquire()

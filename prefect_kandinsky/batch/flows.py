@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -23,8 +24,15 @@ from prefect_aws import S3Bucket
 from pydantic import Field
 
 from prefect_kandinsky.batch.artifacts import BatchProgress, publish_batch_artifacts
-from prefect_kandinsky.batch.ledger import Ledger, summarize
-from prefect_kandinsky.batch.manifests import default_batch_id, load_manifest, row_key
+from prefect_kandinsky.batch.lease import BatchLease
+from prefect_kandinsky.batch.ledger import Ledger, RowRecord, summarize
+from prefect_kandinsky.batch.manifests import (
+    BatchRow,
+    Manifest,
+    default_batch_id,
+    load_manifest,
+    row_key,
+)
 from prefect_kandinsky.batch.result import BatchResult
 from prefect_kandinsky.batch.runner import (
     DEFAULT_CHUNK_SIZE,
@@ -52,7 +60,8 @@ from prefect_kandinsky.gateway.models import (
     VideoRequest,
     WebhookMode,
 )
-from prefect_kandinsky.gateway.prices import check_budget, estimate_batch_cost
+from prefect_kandinsky.gateway.prices import CostEstimate, check_budget, estimate_batch_cost
+from prefect_kandinsky.media.storage import Destination
 from prefect_kandinsky.media.uploads import presign_lifetime
 
 # -- the flows ----------------------------------------------------------------------------------
@@ -283,57 +292,11 @@ async def generate_videos(
             return result.summary()
         ```
     """
-    logger = get_run_logger()
     creds = await load_credentials(credentials)
     target = await load_destination(destination)
-    bucket = await _load_bucket(input_bucket)
-    manifest = await load_manifest(rows, s3_bucket=bucket)
-    if batch_id is None and not isinstance(rows, str) and any(r.id for r in manifest.rows):
-        raise ValueError(
-            "rows given as a list with an id need a batch_id, which tells this batch's "
-            "rows from another list's rows of the same id: pass batch_id='catalogue-2026-11' "
-            "(the same on every run of this batch)"
-        )
-    batch = batch_id or default_batch_id(manifest)
-    keyed = [(row_key(batch, row), row) for row in manifest.rows]
-    book = await Ledger.open(await _load_ledger_location(ledger), batch)
-    known = await book.read_all(key for key, _ in keyed)
-    todo = [
-        (key, row)
-        for key, row in keyed
-        if needs_submit(
-            known.get(key), retry_failed=retry_failed, resubmit_uncertain=resubmit_uncertain
-        )
-    ]
-    estimate = estimate_batch_cost(row for _, row in todo)
-    already = sum((record.charged_usd for record in known.values()), Decimal(0))
-    budget = Decimal(str(max_cost_usd)) if max_cost_usd is not None else None
-    for warning in check_budget(estimate, budget, already_charged_usd=already):
-        logger.warning(warning)
-    urls = await resolve_images(
-        todo,
-        bucket=bucket,
-        check=check_image,
-        expires_seconds=presign_lifetime(wait_timeout_seconds),
-        source=manifest.source,
-        problems=await target_problems(
-            [row for _, row in todo], target, folder, overwrite=overwrite
-        ),
+    plan = await open_batch(
+        rows, batch_id=batch_id, input_bucket=input_bucket, ledger=ledger, folder=folder
     )
-    prepared = prepare_rows(keyed, urls, folder)
-    stored_before = sum(1 for record in known.values() if record.done)
-    logger.info(
-        "Batch %s: %d rows, %d to submit (estimated $%.2f%s), %d stored before; ledger %s",
-        batch,
-        len(prepared),
-        len(todo),
-        estimate.total_usd,
-        f", {estimate.unknown_rows} without a documented price" if estimate.unknown_rows else "",
-        stored_before,
-        book.where,
-    )
-    progress = BatchProgress(len(prepared), title=f"Batch {batch}")
-    await progress.start(stored_before)
     settings = RowSettings(
         max_concurrency=max_concurrency,
         rate_limit=rate_limit,
@@ -347,49 +310,204 @@ async def generate_videos(
         webhook_mode=webhook_mode,
         wait=wait,
     )
-    if chunk_deployment and len(prepared) > chunk_size:
-        await _fan_out(
-            prepared,
-            deployment=chunk_deployment,
-            chunk_size=chunk_size,
-            parameters={
-                "batch_id": batch,
-                "credentials": _block_reference(credentials, "credentials"),
-                "destination": _block_reference(destination, "destination"),
-                "ledger": ledger,
-                "settings": settings.model_dump(mode="json"),
-            },
-            progress=progress,
+    async with BatchLease(plan.book, logger=get_run_logger()) as lease:
+        await plan.read_ledger(settings)
+        plan.check_budget(max_cost_usd)
+        prepared = await plan.check_rows(
+            target,
+            check_image=check_image,
+            wait_timeout_seconds=wait_timeout_seconds,
+            overwrite=overwrite,
         )
-        final = await book.read_all(row.key for row in prepared)
-        records = [
-            final.get(row.key) or new_record(row, error="its chunk did not start it")
-            for row in prepared
+        progress = await plan.announce(prepared)
+        if chunk_deployment and len(prepared) > chunk_size:
+            records = await run_chunks(
+                plan,
+                prepared,
+                deployment=chunk_deployment,
+                chunk_size=chunk_size,
+                parameters={
+                    "batch_id": plan.batch,
+                    "credentials": _block_reference(credentials, "credentials"),
+                    "destination": _block_reference(destination, "destination"),
+                    "ledger": ledger,
+                    "settings": settings.model_dump(mode="json"),
+                },
+                progress=progress,
+            )
+        else:
+            records = await run_rows(
+                prepared,
+                plan.known,
+                credentials=creds,
+                destination=target,
+                ledger=plan.book,
+                settings=settings,
+                progress=progress,
+                lease=lease,
+            )
+        await progress.finish()
+    return await finish_batch(plan, records, allow_failures=allow_failures)
+
+
+# -- the steps of generate_videos ---------------------------------------------------------------
+
+
+@dataclass
+class BatchPlan:
+    """One run of a batch, step by step: its rows, ledger, what to submit and the estimate."""
+
+    manifest: Manifest
+    batch: str
+    keyed: list[tuple[str, BatchRow]]
+    book: Ledger
+    folder: str | None
+    bucket: S3Bucket | None
+    known: dict[str, RowRecord] = field(default_factory=dict)
+    todo: list[tuple[str, BatchRow]] = field(default_factory=list)
+    estimate: CostEstimate | None = None
+
+    async def read_ledger(self, settings: RowSettings) -> None:
+        """Read every row's record; keep the rows this run submits."""
+        self.known = await self.book.read_all(key for key, _ in self.keyed)
+        self.todo = [
+            (key, row)
+            for key, row in self.keyed
+            if needs_submit(
+                self.known.get(key),
+                retry_failed=settings.retry_failed,
+                resubmit_uncertain=settings.resubmit_uncertain,
+            )
         ]
-    else:
-        records = await run_rows(
-            prepared,
-            known,
-            credentials=creds,
-            destination=target,
-            ledger=book,
-            settings=settings,
-            progress=progress,
+        self.estimate = estimate_batch_cost(row for _, row in self.todo)
+
+    @property
+    def charged_before(self) -> Decimal:
+        """What earlier runs of this batch were charged, by the documented prices."""
+        return sum((record.charged_usd for record in self.known.values()), Decimal(0))
+
+    def check_budget(self, max_cost_usd: float | None) -> None:
+        """Refuse the run over ``max_cost_usd``; log what the estimate cannot price."""
+        assert self.estimate is not None, "read the ledger first"
+        budget = Decimal(str(max_cost_usd)) if max_cost_usd is not None else None
+        for warning in check_budget(self.estimate, budget, already_charged_usd=self.charged_before):
+            get_run_logger().warning(warning)
+
+    async def check_rows(
+        self,
+        target: Destination,
+        *,
+        check_image: bool,
+        wait_timeout_seconds: float,
+        overwrite: bool,
+    ) -> list[PreparedRow]:
+        """Check every image and target of the rows to submit; every problem at once."""
+        urls = await resolve_images(
+            self.todo,
+            bucket=self.bucket,
+            check=check_image,
+            expires_seconds=presign_lifetime(wait_timeout_seconds),
+            source=self.manifest.source,
+            problems=await target_problems(
+                [row for _, row in self.todo],
+                target,
+                self.folder,
+                overwrite=overwrite,
+            ),
         )
-    await progress.finish()
+        return prepare_rows(self.keyed, urls, self.folder)
+
+    async def announce(self, prepared: Sequence[PreparedRow]) -> BatchProgress:
+        """Log what this run sets out to do; start the progress artifact."""
+        assert self.estimate is not None
+        stored_before = sum(1 for record in self.known.values() if record.done)
+        unknown = self.estimate.unknown_rows
+        get_run_logger().info(
+            "Batch %s: %d rows, %d to submit (estimated $%.2f%s), %d stored before; ledger %s",
+            self.batch,
+            len(prepared),
+            len(self.todo),
+            self.estimate.total_usd,
+            f", {unknown} without a documented price" if unknown else "",
+            stored_before,
+            self.book.where,
+        )
+        progress = BatchProgress(len(prepared), title=f"Batch {self.batch}")
+        await progress.start(stored_before)
+        return progress
+
+
+async def open_batch(
+    rows: str | list[VideoRequest | dict[str, Any]],
+    *,
+    batch_id: str | None,
+    input_bucket: S3Bucket | str | None,
+    ledger: str | None,
+    folder: str | None,
+) -> BatchPlan:
+    """Read and check the manifest, key its rows and open the batch's ledger."""
+    bucket = await _load_bucket(input_bucket)
+    manifest = await load_manifest(rows, s3_bucket=bucket)
+    if batch_id is None and not isinstance(rows, str) and any(r.id for r in manifest.rows):
+        raise ValueError(
+            "rows given as a list with an id need a batch_id, which tells this batch's "
+            "rows from another list's rows of the same id: pass batch_id='catalogue-2026-11' "
+            "(the same on every run of this batch)"
+        )
+    batch = batch_id or default_batch_id(manifest)
+    book = await Ledger.open(await _load_ledger_location(ledger), batch)
+    return BatchPlan(
+        manifest=manifest,
+        batch=batch,
+        keyed=[(row_key(batch, row), row) for row in manifest.rows],
+        book=book,
+        folder=folder,
+        bucket=bucket,
+    )
+
+
+async def run_chunks(
+    plan: BatchPlan,
+    prepared: Sequence[PreparedRow],
+    *,
+    deployment: str,
+    chunk_size: int,
+    parameters: dict[str, Any],
+    progress: BatchProgress,
+) -> list[RowRecord]:
+    """Run the rows as child flow runs of ``deployment``; every row's record afterwards."""
+    await _fan_out(
+        prepared,
+        deployment=deployment,
+        chunk_size=chunk_size,
+        parameters=parameters,
+        progress=progress,
+    )
+    final = await plan.book.read_all(row.key for row in prepared)
+    return [
+        final.get(row.key) or new_record(row, error="its chunk did not start it")
+        for row in prepared
+    ]
+
+
+async def finish_batch(
+    plan: BatchPlan, records: list[RowRecord], *, allow_failures: bool
+) -> BatchResult:
+    """The batch's result and artifacts; raise if rows are not stored (unless allowed)."""
+    assert plan.estimate is not None
     result = BatchResult(
-        batch_id=batch,
-        ledger=book.where,
+        batch_id=plan.batch,
+        ledger=plan.book.where,
         rows=records,
-        estimated_cost_usd=estimate.total_usd,
-        unknown_cost_rows=estimate.unknown_rows,
+        estimated_cost_usd=plan.estimate.total_usd,
+        unknown_cost_rows=plan.estimate.unknown_rows,
     )
     await publish_batch_artifacts(result)
-    logger.info("Batch %s: %s", batch, result.summary())
+    get_run_logger().info("Batch %s: %s", plan.batch, result.summary())
     if not result.complete and not allow_failures:
         raise KandinskyBatchIncompleteError(
-            f"Batch {batch} is incomplete: {result.summary()}; run it again to finish the "
-            "rest without paying twice (see the table artifact for each row)",
+            f"Batch {plan.batch} is incomplete: {result.summary()}; run it again to finish "
+            "the rest without paying twice (see the table artifact for each row)",
             result=result,
         )
     return result

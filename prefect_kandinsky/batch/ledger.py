@@ -169,6 +169,21 @@ class Ledger:
             return str(self._root)
         return f"{type(self._storage()).get_block_type_slug()}:{self.folder}"
 
+    @property
+    def local_folder(self) -> Path | None:
+        """The folder of the records on local disk; None in a storage block."""
+        return self._root
+
+    @property
+    def block(self) -> WritableFileSystem | None:
+        """The storage block of the records; None on local disk."""
+        return self._block
+
+    @property
+    def block_storage(self) -> WritableFileSystem:
+        """The storage block of the records (a ledger on local disk has none)."""
+        return self._storage()
+
     def _storage(self) -> WritableFileSystem:
         assert self._block is not None, "a ledger on local disk has no storage block"
         return self._block

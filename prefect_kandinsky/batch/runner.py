@@ -49,6 +49,7 @@ from prefect_aws import S3Bucket
 from pydantic import BaseModel, Field
 
 from prefect_kandinsky.batch.artifacts import BatchProgress
+from prefect_kandinsky.batch.lease import BatchLease
 from prefect_kandinsky.batch.ledger import Attempt, Ledger, RowRecord, RowState
 from prefect_kandinsky.batch.manifests import BatchRow
 from prefect_kandinsky.batch.problems import RowProblem, manifest_error
@@ -251,6 +252,7 @@ class _Rows:
     progress: BatchProgress
     callback: Callable[[], str] | None = None
     signals: EventSignals | None = None
+    lease: BatchLease | None = None
     stopped: str | None = None
     latest: dict[str, RowRecord] = field(default_factory=dict)
     in_flight: RenderSlots = field(init=False)
@@ -332,6 +334,8 @@ class _Rows:
             return await self._persist(row, record, status)
 
     async def _submit(self, row: PreparedRow, record: RowRecord) -> RowRecord:
+        if self.lease is not None and self.lease.lost:
+            self.stopped = f"not submitted: {self.lease.lost}"
         if self.stopped is not None:
             return await self._save(record, state="pending", error=self.stopped)
         if row.request is None:
@@ -474,6 +478,7 @@ async def run_rows(
     ledger: Ledger,
     settings: RowSettings,
     progress: BatchProgress,
+    lease: BatchLease | None = None,
 ) -> list[RowRecord]:
     """Work ``rows`` in this event loop with one connection pool; return their records.
 
@@ -493,7 +498,7 @@ async def run_rows(
             signals = await stack.enter_async_context(
                 EventSignals(flow_run_id=str(runtime_flow_run.id))
             )
-        worker = _Rows(client, ledger, destination, settings, progress, callback, signals)
+        worker = _Rows(client, ledger, destination, settings, progress, callback, signals, lease)
         return await worker.run(rows, known)
 
 

@@ -99,8 +99,9 @@ async def _read_s3(uri: str, s3_bucket: Any | None) -> tuple[str, str]:
     source = f"s3://{bucket}/{key}"
     if s3_bucket is None:
         raise ValueError(
-            f"Manifest {source} is on S3: pass s3_bucket=S3Bucket.load('BLOCK_NAME'), a "
-            "prefect-aws S3Bucket block whose credentials can read it"
+            f"Manifest {source} is on S3: pass input_bucket, the name of a prefect-aws "
+            "S3Bucket block whose credentials can read it (CLI: --input-bucket BLOCK_NAME; "
+            "load_manifest: s3_bucket=S3Bucket.load('BLOCK_NAME'))"
         )
 
     def read() -> bytes:
