@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -203,10 +204,14 @@ async def test_killed_mid_wait_the_rows_are_awaited_not_resubmitted(
     assert {job.request_id: 1 for job in state.jobs()} == full_downloads(state)
 
 
-async def test_killed_mid_download_the_video_is_fetched_once_more_only(
+async def test_killed_mid_download_the_download_resumes_from_its_partial_file(
     kandinsky_emulator: Any, tmp_path: Path, killed_run: Callable[..., None]
 ) -> None:
-    """Killed halfway through a download: no new submit; that video is downloaded once in full."""
+    """Killed after 1000 bytes of a download: the rerun asks for the rest with a Range request.
+
+    No new submit; the partial file sat in the ledger's folder, not in the destination, and
+    is gone once the video is stored.
+    """
     state = kandinsky_emulator.state
     state.inject_fault("media", action="stall", truncate_bytes=1000, stall_seconds=30)
     manifest = write_manifest(tmp_path / "rows.csv", kandinsky_emulator, 2)
@@ -220,7 +225,10 @@ async def test_killed_mid_download_the_video_is_fetched_once_more_only(
             any(r.fault == "stall" for r in state.requests("media"))
             and len(jobs) == 2
             and all(state.count("status", request_id=j.request_id) for j in jobs)
+            and [1000] == [p.stat().st_size for p in partials.glob("*/partial/*.part")]
         )
+
+    partials = tmp_path / "ledger" / "kandinsky-ledger"
 
     killed_run(options, stalled_with_both_submitted)
     (stalled,) = [r.request_id for r in state.requests("media") if r.fault == "stall"]
@@ -233,7 +241,13 @@ async def test_killed_mid_download_the_video_is_fetched_once_more_only(
     assert 1 == downloads[stalled]
     assert {1} == set(downloads.values())
     stored = {r.request_id: r for r in result.rows}
-    assert Path(str(stored[stalled].uri)).stat().st_size == stored[stalled].size_bytes
+    video = Path(str(stored[stalled].uri))
+    assert video.stat().st_size == stored[stalled].size_bytes
+    assert hashlib.sha256(video.read_bytes()).hexdigest() == stored[stalled].sha256
+    resumed = [r for r in state.requests("media") if r.request_id == stalled and not r.fault]
+    assert ["bytes=1000-"] == [r.range_header for r in resumed]
+    assert [] == list(partials.glob("*/partial/*")), "the partial file is removed once stored"
+    assert [] == [p.name for p in (tmp_path / "videos").rglob(".*")], "nothing hidden left"
 
 
 async def test_renders_left_in_flight_count_against_max_concurrency_on_the_rerun(

@@ -380,6 +380,12 @@ class BatchPlan:
             )
         ]
         self.estimate = estimate_batch_cost(row for _, row in self.todo)
+        # Partial downloads of rows stored since, or not waiting for a download: gone.
+        await self.book.remove_partials(
+            record.request_id
+            for record in self.known.values()
+            if record.state == "completed" and record.request_id
+        )
 
     @property
     def charged_before(self) -> Decimal:

@@ -24,6 +24,12 @@ results share the ledger. On local disk a record is written to a temporary file 
 into place; the records that protect money (``submitting``, ``submitted``) are also fsynced,
 so they survive a power loss as well as a killed process. Other storage blocks write each
 record as one object.
+
+A download cut short (the process died) is kept as a partial file in the ledger's folder,
+``partial/<hash of the request id>.part`` (for a ledger in a storage block, in
+``<temp dir>/prefect-kandinsky-partials/<batch folder>/``), never in the destination; the next
+run resumes it with a Range request, and removes the partial files of rows stored since or
+no longer waiting for a download.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import asyncio
 import hashlib
 import os
 import secrets
+import tempfile
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -44,6 +51,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_kandinsky.media.storage import call_block, is_missing_file
 
+PARTIALS_FOLDER = "partial"
+"""The folder of partial downloads inside a ledger's folder."""
 LEDGER_FOLDER = "kandinsky-ledger"
 """The folder of the ledgers inside the result storage."""
 READ_CONCURRENCY = 32
@@ -170,6 +179,22 @@ class Ledger:
         return f"{type(self._storage()).get_block_type_slug()}:{self.folder}"
 
     @property
+    def partials(self) -> Path:
+        """The local folder of this batch's partial downloads."""
+        if self._root is not None:
+            return self._root / PARTIALS_FOLDER
+        return Path(tempfile.gettempdir()) / "prefect-kandinsky-partials" / self.folder
+
+    def partial_path(self, request_id: str) -> Path:
+        """Where the download of ``request_id`` is kept until it is stored."""
+        return self.partials / f"{_digest(request_id)[:32]}.part"
+
+    async def remove_partials(self, keep: Iterable[str]) -> int:
+        """Remove partial downloads but those of the request ids in ``keep``; how many."""
+        wanted = {self.partial_path(request_id).name for request_id in keep}
+        return await anyio.to_thread.run_sync(_remove_partials, self.partials, wanted)
+
+    @property
     def local_folder(self) -> Path | None:
         """The folder of the records on local disk; None in a storage block."""
         return self._root
@@ -247,6 +272,19 @@ def _write_file(root: Path, name: str, data: bytes, durable: bool) -> None:
             handle.flush()
             os.fsync(handle.fileno())
     os.replace(temp, root / name)
+
+
+def _remove_partials(folder: Path, wanted: set[str]) -> int:
+    removed = 0
+    try:
+        found = list(folder.iterdir())
+    except FileNotFoundError:
+        return 0
+    for path in found:
+        if path.name.endswith(".part") and path.name not in wanted:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def summarize(records: Iterable[RowRecord]) -> dict[str, int]:

@@ -447,6 +447,7 @@ class _Rows:
                     self.destination,
                     filename="/".join(part for part in (row.folder, name) if part),
                     overwrite=self.settings.overwrite,
+                    partial_path=self.ledger.partial_path(request_id),
                     preview=1,
                     preview_width=THUMBNAIL_WIDTH,
                 )

@@ -168,7 +168,9 @@ class MediaStream:
     Attributes:
         url: The media URL.
         content_type: The CDN's Content-Type, if any.
-        content_length: The declared length in bytes, if any.
+        content_length: The declared length in bytes of the whole file, if any.
+        offset: The byte the body starts at: 0, or where an earlier download stopped
+            (``open_media(start=...)``) when the CDN resumed it there.
         resumes: How many Range requests resumed a truncated body so far.
     """
 
@@ -181,11 +183,13 @@ class MediaStream:
         request_id: str | None,
         chunk_size: int,
         max_resumes: int,
+        offset: int = 0,
     ) -> None:
         self.url = url
         self.content_type = response.headers.get("content-type")
         length = response.headers.get("content-length")
-        self.content_length = int(length) if length and length.isdigit() else None
+        self.offset = offset
+        self.content_length = offset + int(length) if length and length.isdigit() else None
         self.resumes = 0
         self._etag = response.headers.get("etag")
         self._client = client
@@ -195,13 +199,13 @@ class MediaStream:
         self._max_resumes = max_resumes
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """Yield the body in chunks of ``chunk_size`` bytes; a cut is resumed at its byte.
+        """Yield the body (from ``offset``) as it arrives, in chunks of at most ``chunk_size``.
 
-        Every byte that arrived is yielded, so a chunk may be shorter at the end of the file
-        and where the connection broke; the Range request then starts at the next byte.
+        Every byte is yielded as soon as it arrived, never held back for a fuller chunk, so
+        a process killed mid-download has handed over all it received (a caller that writes
+        each chunk can resume from its file); a cut is resumed at the next byte.
         """
-        received = 0
-        pending = bytearray()
+        received = self.offset
         while True:
             failure: Exception | None = None
             try:
@@ -210,17 +214,12 @@ class MediaStream:
                 # back a partial chunk and lose it when the connection breaks.
                 async for data in self._response.aiter_raw():
                     received += len(data)
-                    pending += data
-                    while len(pending) >= self._chunk_size:
-                        yield bytes(pending[: self._chunk_size])
-                        del pending[: self._chunk_size]
+                    for start in range(0, len(data), self._chunk_size):
+                        yield data[start : start + self._chunk_size]
             except _SHORT_READ as exc:
                 failure = exc
             finally:
                 await self._response.aclose()
-            if pending:
-                yield bytes(pending)
-                pending.clear()
             if failure is None and (self.content_length is None or received >= self.content_length):
                 break
             if self.content_length is None or self.resumes >= self._max_resumes:
@@ -561,14 +560,18 @@ class KandinskyClient:
         request_id: str | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         max_resumes: int = DEFAULT_MEDIA_RESUMES,
+        start: int = 0,
     ) -> AsyncIterator[MediaStream]:
         """Open a media URL for streaming, without the subscription key.
 
         Args:
             url: The media URL.
             request_id: The generation it belongs to, named in errors.
-            chunk_size: Bytes per chunk yielded by :meth:`MediaStream.chunks`.
+            chunk_size: Most bytes per chunk yielded by :meth:`MediaStream.chunks`.
             max_resumes: Range requests allowed to resume a body cut short.
+            start: The first byte wanted, e.g. the size of a partial file an earlier process
+                left; sent as a Range request. Where the CDN does not resume there, the
+                stream starts at 0: read :attr:`MediaStream.offset`.
 
         Raises:
             KandinskyMediaExpiredError: the CDN answered 403 or 404.
@@ -576,7 +579,22 @@ class KandinskyClient:
         """
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be 1 or more; got {chunk_size}")
-        response = await self._open_media_response(url, start=0, request_id=request_id)
+        if start < 0:
+            raise ValueError(f"start must be 0 or more; got {start}")
+        offset = start
+        try:
+            response = await self._open_media_response(url, start=start, request_id=request_id)
+        except KandinskyMediaError as exc:
+            if not (start and exc.status_code == 416):  # 416: nothing from there: start over
+                raise
+            response, offset = None, 0
+        if offset and response is not None and not _resumes_at(response, offset):
+            if response.status_code != 200:  # a 200 is the whole file: take it from byte 0
+                await response.aclose()
+                response = None
+            offset = 0
+        if response is None:
+            response = await self._open_media_response(url, start=0, request_id=request_id)
         stream = MediaStream(
             self,
             url,
@@ -584,6 +602,7 @@ class KandinskyClient:
             request_id=request_id,
             chunk_size=chunk_size,
             max_resumes=max_resumes,
+            offset=offset,
         )
         try:
             yield stream

@@ -27,12 +27,14 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import inspect
 import logging
 import os
 import re
 import secrets
+import shutil
 import stat
 import tempfile
 from collections.abc import AsyncGenerator, Callable
@@ -304,6 +306,7 @@ async def persist_media(
     preview: bool | int = False,
     preview_width: int | None = None,
     logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    partial_path: str | os.PathLike[str] | None = None,
 ) -> PersistedVideo:
     """Stream a completed video to its destination in constant memory and describe the copy.
 
@@ -339,6 +342,11 @@ async def persist_media(
             poster and a strip of that many frames (no clip), ``False`` for none.
         preview_width: Widest a preview picture may be, in pixels (256 by default).
         logger: Where progress is logged (a Prefect run logger in tasks).
+        partial_path: A local file to download into instead of a hidden temporary file next to
+            the target. It is kept when the download fails or the process dies, and a later
+            call with the same ``partial_path`` resumes it with a Range request from its last
+            byte (a CDN that does not resume sends the whole file again); it is removed once
+            the video is stored. Name it by the request id: the same file for the same video.
 
     Returns:
         Where the video is, its size, SHA-256, media type and probed facts.
@@ -355,18 +363,30 @@ async def persist_media(
     url = _check_request(video, filename, presign_expires_seconds)
     plan = await _run(_plan_local, destination, filename)
     temp: Path | None = None
+    keep = partial_path is not None  # a partial file outlives a failure, to be resumed
     where = destination_key(destination)
+    start = 0 if partial_path is None else await _run(_partial_size, Path(partial_path))
     try:
-        async with client.open_media(url, request_id=request_id, chunk_size=chunk_size) as media:
+        async with client.open_media(
+            url, request_id=request_id, chunk_size=chunk_size, start=start
+        ) as media:
             served_type = _served_media_type(media, request_id)
             media_type = video.media_type or served_type
             name = filename or output_filename(request_id, media_type, url)
             target = None if plan is None else await _run(plan.target, name)
-            staging = target.parent if target is not None else Path(tempfile.gettempdir())
-            temp = staging / f".{PurePosixPath(name).name}.{secrets.token_hex(6)}.part"
-            size, sha256 = await _download(media, temp, durable=target is not None)
+            if partial_path is not None:
+                temp = Path(partial_path)
+                if media.offset:
+                    log.info("Resuming the download of %s at byte %d", url, media.offset)
+            else:
+                staging = target.parent if target is not None else Path(tempfile.gettempdir())
+                temp = staging / f".{PurePosixPath(name).name}.{secrets.token_hex(6)}.part"
+            size, sha256 = await _download(
+                media, temp, durable=target is not None, offset=media.offset, keep=keep
+            )
             if media.resumes:
                 log.info("Download of %s resumed %d time(s) with Range", url, media.resumes)
+            keep = False  # from here on the file is complete, or wrong: never resumed
             _check_length(media, size, request_id)
         facts, pictures = await _run(_describe, temp, preview, preview_width)
         if plan is not None and target is not None:
@@ -405,7 +425,7 @@ async def persist_media(
             url=url,
         ) from exc
     finally:
-        if temp is not None:
+        if temp is not None and not keep:
             _discard(temp)
     log.info(
         "%s %s at %s (%d bytes, sha256 %s)",
@@ -518,23 +538,57 @@ def _discard(path: Path) -> None:
         path.unlink()
 
 
-async def _download(media: MediaStream, temp: Path, *, durable: bool) -> tuple[int, str]:
-    """Stream the body into a new file, hashing as it goes; returns (bytes, hex sha256)."""
+async def _download(
+    media: MediaStream, temp: Path, *, durable: bool, offset: int = 0, keep: bool = False
+) -> tuple[int, str]:
+    """Stream the body into a file, hashing as it goes; returns (bytes, hex sha256).
+
+    A new file, or with ``keep`` a partial file: its first ``offset`` bytes are kept (and
+    hashed) and the body appended; each chunk is flushed, so a killed process leaves every
+    byte it received for the next one to resume from.
+    """
     digest = hashlib.sha256()
-    size = 0
-    handle = await _run(open, temp, "xb")
+    if keep:
+        handle = await _run(_open_partial, temp, offset, digest)
+    else:
+        handle = await _run(open, temp, "xb")
+    size = offset
     try:
         # chunks() is an async generator: close it on any exit, not when garbage-collected.
         chunks = cast("AsyncGenerator[bytes, None]", media.chunks())
         async with aclosing(chunks):
             async for chunk in chunks:
                 await _run(_absorb, handle, digest, chunk)
+                if keep:
+                    await _run(handle.flush)
                 size += len(chunk)
         if durable:
             await _run(_sync_to_disk, handle)
     finally:
         handle.close()
     return size, digest.hexdigest()
+
+
+def _partial_size(path: Path) -> int:
+    """Bytes a partial download holds (0 if there is none); creates its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _open_partial(path: Path, offset: int, digest: Any) -> IO[bytes]:
+    """The partial file cut to ``offset`` bytes, hashed so far, open for appending."""
+    handle = path.open("r+b" if offset else "wb")
+    handle.truncate(offset)
+    while handle.tell() < offset:
+        block = handle.read(min(_HASH_BLOCK, offset - handle.tell()))
+        if not block:
+            break
+        digest.update(block)
+    handle.seek(offset)
+    return handle
 
 
 def _absorb(handle: IO[bytes], digest: Any, chunk: bytes) -> None:
@@ -579,7 +633,18 @@ def _place_file(temp: Path, target: Path, sha256: str, overwrite: bool, request_
             return True
         if not overwrite:
             raise _conflict(str(target), request_id, existing, sha256)
-    os.replace(temp, target)
+    try:
+        os.replace(temp, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        # A partial kept on another file system: copy next to the target, then rename.
+        staged = target.parent / f".{target.name}.{secrets.token_hex(6)}.part"
+        try:
+            shutil.copyfile(temp, staged)
+            os.replace(staged, target)
+        finally:
+            _discard(staged)
     return False
 
 
