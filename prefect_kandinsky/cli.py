@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--no-check-image", dest="check_image", action="store_false")
     batch.add_argument("--retry-failed", action="store_true", help="submit FAILED rows again")
     batch.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files already at the rows' filenames (refused otherwise, before paying)",
+    )
+    batch.add_argument(
         "--resubmit-uncertain",
         action="store_true",
         help="submit again rows whose earlier submit may have reached the gateway",
@@ -535,9 +540,9 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 class _BatchDisplay:
-    """A live progress bar of finished rows on a terminal; a line per row otherwise."""
+    """A live progress bar on a terminal with the phase; a line per phase and row otherwise."""
 
-    def __init__(self, console: Console, total: int) -> None:
+    def __init__(self, console: Console) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -547,8 +552,8 @@ class _BatchDisplay:
         )
 
         self.console = console
-        self.total = total
         self.counts: dict[str, int] = {}
+        self.phase = "checking rows"
         self.progress = Progress(
             TextColumn("rows"),
             BarColumn(),
@@ -558,32 +563,65 @@ class _BatchDisplay:
             console=console,
             transient=True,
         )
-        self.task = self.progress.add_task("", total=total)
+        self.task = self.progress.add_task(self.phase, total=None)
+
+    def start(self, total: int) -> None:
+        """The number of rows is known: the bar has a length."""
+        self.progress.update(self.task, total=total)
+
+    def _describe(self) -> None:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(self.counts.items()))
+        self.progress.update(
+            self.task, description="  ".join(part for part in (self.phase, counts) if part)
+        )
 
     def on_event(self, event: object) -> None:
         from prefect_kandinsky.batch.ledger import RowRecord
+        from prefect_kandinsky.batch.runner import BatchPhase
 
+        if isinstance(event, BatchPhase):
+            if event.text != self.phase and not event.working and not self.console.is_terminal:
+                print(f"{event.text}...", file=sys.stderr)
+            self.phase = event.text
+            self._describe()
+            return
         if not isinstance(event, RowRecord):
             return
         self.counts[event.state] = self.counts.get(event.state, 0) + 1
-        counts = ", ".join(f"{n} {state}" for state, n in sorted(self.counts.items()))
-        self.progress.update(self.task, advance=1, description=counts)
+        self.progress.advance(self.task)
+        self._describe()
         if not self.console.is_terminal:
             name = event.row_id or f"line {event.line}"
             print(f"{event.state:<10} {name}  {event.uri or event.error or ''}", file=sys.stderr)
 
 
-def _batch_rows(args: argparse.Namespace, server: Any) -> tuple[Any, str | None, int]:
-    """The rows to run, the batch id, and the row count; every problem is a usage error."""
+def _input_bucket(name: str | None) -> Any:
+    """The S3Bucket block named by ``--input-bucket``, loaded once for the checks and the run."""
+    if name is None:
+        return None
+    from prefect_aws import S3Bucket
+
+    try:
+        return S3Bucket.load(name.removeprefix("s3-bucket/"))
+    except ValueError as exc:
+        raise UsageError(
+            f"--input-bucket {name!r}: no S3Bucket block of that name ({exc}); create it "
+            "(prefect block register -m prefect_aws, then in the UI or in Python), or pass "
+            "another name"
+        ) from exc
+
+
+def _batch_rows(args: argparse.Namespace, server: Any, bucket: Any) -> tuple[Any, str | None]:
+    """The rows to run and the batch id; a manifest that cannot be read is a usage error."""
     from prefect_kandinsky.batch.manifests import load_manifest
     from prefect_kandinsky.gateway.exceptions import KandinskyManifestError
 
     try:
-        manifest = asyncio.run(load_manifest(args.manifest))
+        manifest = asyncio.run(load_manifest(args.manifest, s3_bucket=bucket))
     except (KandinskyManifestError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
     if server is None:
-        return args.manifest, args.batch_id, len(manifest.rows)
+        return args.manifest, args.batch_id
     # The emulator cannot read this machine's files: give it the local images.
     rows = []
     for row in manifest.rows:
@@ -591,17 +629,56 @@ def _batch_rows(args: argparse.Namespace, server: Any) -> tuple[Any, str | None,
         if row.image_kind == "file":
             fields["image"] = _image_url(row.image, server)
         rows.append(fields)
-    return rows, args.batch_id or manifest.source, len(rows)
+    return rows, args.batch_id or manifest.source
+
+
+def _check_batch(parameters: dict[str, Any]) -> int:
+    """Every check made before the first submit, before any flow run; the number of rows.
+
+    Bad rows, images, files in the way and a budget overrun are usage errors (exit 2).
+    """
+    from prefect_kandinsky.batch.flows import check_batch
+    from prefect_kandinsky.blocks import load_destination
+    from prefect_kandinsky.gateway.exceptions import KandinskyBudgetError, KandinskyManifestError
+
+    names = (
+        "folder",
+        "input_bucket",
+        "batch_id",
+        "ledger",
+        "max_cost_usd",
+        "check_image",
+        "retry_failed",
+        "resubmit_uncertain",
+        "overwrite",
+    )
+
+    async def check() -> int:
+        destination = await load_destination(parameters["destination"])
+        plan = await check_batch(
+            parameters["rows"],
+            destination=destination,
+            **{name: parameters[name] for name in names if parameters.get(name) is not None},
+        )
+        return len(plan.keyed)
+
+    try:
+        return asyncio.run(check())
+    except (KandinskyManifestError, KandinskyBudgetError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def _batch(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.live import Live
 
     from prefect_kandinsky.batch.flows import generate_videos
+    from prefect_kandinsky.progress import watching
 
     with _emulator(args.emulator) as server:
         credentials = _credentials(args, server)
-        rows, batch_id, total = _batch_rows(args, server)
+        bucket = _input_bucket(args.input_bucket)
+        rows, batch_id = _batch_rows(args, server, bucket)
         parameters = {
             "rows": rows,
             "credentials": credentials if server is not None else args.credentials,
@@ -609,24 +686,50 @@ def _batch(args: argparse.Namespace) -> int:
             "max_concurrency": args.max_concurrency,
             "max_cost_usd": args.max_cost,
             "rate_limit": args.rate_limit,
-            "input_bucket": args.input_bucket,
+            "input_bucket": bucket,
             "batch_id": batch_id,
             "ledger": args.ledger,
             "check_image": args.check_image,
             "retry_failed": args.retry_failed,
             "resubmit_uncertain": args.resubmit_uncertain,
+            "overwrite": args.overwrite or None,
             "poll_interval_seconds": args.poll_interval,
         }
-        display = _BatchDisplay(Console(stderr=True), total)
-        state = _run_live(generate_videos, parameters, display, display.progress, args.verbose)
-        return _finish_batch(state)
+        display = _BatchDisplay(Console(stderr=True))
+        if not args.verbose:
+            _silence_prefect_console()
+        with (
+            watching(display.on_event),
+            Live(display.progress, console=display.console, transient=True)
+            if display.console.is_terminal and not args.verbose
+            else contextlib.nullcontext(),
+        ):
+            display.start(_check_batch(parameters))
+            # Checked just now: the flow run does not fetch every image a second time.
+            state = asyncio.run(_call(generate_videos, _set({**parameters, "check_image": False})))
+        return _finish_batch(state, args.output)
 
 
 def _set(parameters: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in parameters.items() if v is not None}
 
 
-def _finish_batch(state: Any) -> int:
+def _videos_at(result: Any, output: str) -> str:
+    """Where the batch's videos are: the folder that holds them all, or the destination."""
+    uris: list[str] = [str(row.uri) for row in result.rows if row.uri]
+    if uris and all("://" not in uri and not uri.startswith("block:") for uri in uris):
+        return os.path.commonpath([os.path.dirname(uri) for uri in uris])
+    if uris and uris[0].startswith("block:"):
+        return uris[0].rsplit("/", 1)[0] + "/"
+    if uris:
+        scheme, _, rest = uris[0].partition("://")
+        folders = [uri.partition("://")[2].rsplit("/", 1)[0] for uri in uris]
+        common = os.path.commonpath(folders) if rest else folders[0]
+        return f"{scheme}://{common}/"
+    return output if "/" in output and not os.path.exists(output) else os.path.abspath(output)
+
+
+def _finish_batch(state: Any, output: str) -> int:
     from prefect_kandinsky.batch.artifacts import batch_key
     from prefect_kandinsky.gateway.exceptions import (
         KandinskyBatchIncompleteError,
@@ -645,12 +748,15 @@ def _finish_batch(state: Any) -> int:
         for line in _ui_hint(flow_run_id):
             print(line, file=sys.stderr)
         return 1
+    from prefect_kandinsky.gateway.prices import plural
+
     stored = result.counts.get("stored", 0)
     lines = [
         "",
-        f"Stored:      {stored} of {len(result.rows)} rows",
-        f"Charged:     ${result.charged_usd:.2f} (documented prices; this run's estimate "
-        f"${result.estimated_cost_usd:.2f})",
+        f"Stored:      {stored} of {plural(len(result.rows), 'row')}",
+        f"Videos:      {_videos_at(result, output)}",
+        f"Charged:     {result.charged_label} in all, by the documented prices; this run: "
+        f"{result.charged_this_run_label}",
         f"Rows:        {', '.join(f'{n} {s}' for s, n in sorted(result.counts.items()))}",
         f"Ledger:      {result.ledger}",
         f"Artifacts:   {batch_key(result.batch_id, '')} [table]",
@@ -659,13 +765,42 @@ def _finish_batch(state: Any) -> int:
     ]
     print("\n".join(lines))
     if not result.complete:
+        missing = len(result.rows) - stored
         print(
-            f"{PROG}: {len(result.rows) - stored} rows are not stored; run the same command "
-            "again to finish them without paying twice for the others",
+            f"{PROG}: {plural(missing, 'row')} {'is' if missing == 1 else 'are'} not stored "
+            f"({_why_not_stored(result)}); {_way_out(result)}",
             file=sys.stderr,
         )
         return 1
     return 0
+
+
+def _why_not_stored(result: Any) -> str:
+    """The commonest reason rows are not stored, from their records."""
+    errors: dict[str, int] = {}
+    for row in result.rows:
+        if not row.done:
+            reason = f"{row.state}: {row.error}" if row.error else row.state
+            errors[reason] = errors.get(reason, 0) + 1
+    reason, count = max(errors.items(), key=lambda item: item[1])
+    return reason[:200] + (f" ({count} rows)" if count > 1 else "")
+
+
+def _way_out(result: Any) -> str:
+    """What to do about the rows not stored, by their states."""
+    states = {row.state for row in result.rows if not row.done}
+    ways = []
+    if "failed" in states:
+        ways.append("pass --retry-failed to submit the FAILED rows again (they were charged)")
+    if "uncertain" in states:
+        ways.append(
+            "check the gateway for the uncertain rows' jobs, then pass --resubmit-uncertain"
+        )
+    if states & {"pending", "refused"}:
+        ways.append("fix the cause above for the rows not submitted, then run again")
+    if states & {"submitted", "completed", "error", "submitting"}:
+        ways.append("run the same command again to finish the rest without paying twice")
+    return "; ".join(ways)
 
 
 def _serve_webhooks(args: argparse.Namespace) -> int:

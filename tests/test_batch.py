@@ -115,6 +115,10 @@ async def test_the_table_says_unknown_for_a_row_without_a_documented_price(
     state = await run_batch(manifest, credentials, tmp_path)
     result: BatchResult = await state.result()
     assert Decimal("0.04") == result.charged_usd
+    assert 1 == result.unpriced_rows
+    assert "charged $0.04 plus 1 row without a documented price (unknown) in all" in (
+        result.summary()
+    )
 
     data = (await artifacts_of(state.state_details.flow_run_id))[batch_key(manifest, "")].data
     table = json.loads(data) if isinstance(data, str) else data

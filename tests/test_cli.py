@@ -342,6 +342,6 @@ def test_an_incomplete_batch_still_prints_its_summary_and_the_way_out(
     assert re.search(r"^Charged:\s+\$0\.08 ", captured.out, re.MULTILINE), "FAILED is charged"
     assert re.search(r"^Rows:\s+1 failed, 1 stored$", captured.out, re.MULTILINE)
     assert (
-        "1 rows are not stored; run the same command again to finish them without paying twice"
+        "1 row is not stored (failed: moderation rejected the prompt); pass --retry-failed"
         in captured.err
     )

@@ -149,7 +149,8 @@ def batch_markdown(result: BatchResult) -> str:
         "| Spend | USD |",
         "|---|---|",
         f"| estimated for this run | {_money(result.estimated_cost_usd)} |",
-        f"| charged (all runs, by the documented prices) | {_money(result.charged_usd)} |",
+        f"| charged (all runs, by the documented prices) | {result.charged_label} |",
+        f"| charged by this run | {result.charged_this_run_label} |",
     ]
     if result.unknown_cost_rows:
         lines.append(f"| rows without a documented price (256P) | {result.unknown_cost_rows} |")
@@ -199,6 +200,6 @@ async def publish_batch_artifacts(result: BatchResult) -> list[UUID]:
         await acreate_markdown_artifact(
             markdown=batch_markdown(result),
             key=batch_key(result.batch_id, "summary"),
-            description=describe(result.batch_id, f"{what}, ${result.charged_usd:.2f} charged"),
+            description=describe(result.batch_id, f"{what}, {result.charged_label} charged"),
         ),
     ]

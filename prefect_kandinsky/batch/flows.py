@@ -9,6 +9,7 @@ run, or as chunks run by other workers) and publishes the batch's artifacts.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from prefect_kandinsky.batch.result import BatchResult
 from prefect_kandinsky.batch.runner import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_CONCURRENCY,
+    BatchPhase,
     PreparedRow,
     RowSettings,
     needs_submit,
@@ -63,6 +65,7 @@ from prefect_kandinsky.gateway.models import (
 from prefect_kandinsky.gateway.prices import CostEstimate, check_budget, estimate_batch_cost
 from prefect_kandinsky.media.storage import Destination
 from prefect_kandinsky.media.uploads import presign_lifetime
+from prefect_kandinsky.progress import report
 
 # -- the flows ----------------------------------------------------------------------------------
 
@@ -350,6 +353,46 @@ async def generate_videos(
     return await finish_batch(plan, records, allow_failures=allow_failures)
 
 
+async def check_batch(
+    rows: str | list[VideoRequest | dict[str, Any]],
+    *,
+    destination: Destination,
+    folder: str | None = None,
+    input_bucket: S3Bucket | str | None = None,
+    batch_id: str | None = None,
+    ledger: str | None = None,
+    max_cost_usd: float | None = None,
+    check_image: bool = True,
+    retry_failed: bool = False,
+    resubmit_uncertain: bool = False,
+    overwrite: bool = False,
+) -> BatchPlan:
+    """Every check ``generate_videos`` makes before its first submit, without a flow run.
+
+    For a caller that must refuse a batch before starting anything (the command line exits
+    2): the manifest, the budget, every image and every named file at the destination.
+
+    Raises:
+        KandinskyManifestError: rows, images or targets are invalid (all listed).
+        KandinskyBudgetError: the batch is over ``max_cost_usd``.
+        ValueError: a parameter cannot be used (e.g. an s3:// manifest without a bucket).
+    """
+    plan = await open_batch(
+        rows, batch_id=batch_id, input_bucket=input_bucket, ledger=ledger, folder=folder
+    )
+    await plan.read_ledger(
+        RowSettings(retry_failed=retry_failed, resubmit_uncertain=resubmit_uncertain)
+    )
+    plan.check_budget(max_cost_usd, logging.getLogger("prefect_kandinsky.batch"))
+    await plan.check_rows(
+        destination,
+        check_image=check_image,
+        wait_timeout_seconds=DEFAULT_WAIT_TIMEOUT_SECONDS,
+        overwrite=overwrite,
+    )
+    return plan
+
+
 # -- the steps of generate_videos ---------------------------------------------------------------
 
 
@@ -392,12 +435,14 @@ class BatchPlan:
         """What earlier runs of this batch were charged, by the documented prices."""
         return sum((record.charged_usd for record in self.known.values()), Decimal(0))
 
-    def check_budget(self, max_cost_usd: float | None) -> None:
+    def check_budget(
+        self, max_cost_usd: float | None, logger: logging.Logger | None = None
+    ) -> None:
         """Refuse the run over ``max_cost_usd``; log what the estimate cannot price."""
         assert self.estimate is not None, "read the ledger first"
         budget = Decimal(str(max_cost_usd)) if max_cost_usd is not None else None
         for warning in check_budget(self.estimate, budget, already_charged_usd=self.charged_before):
-            get_run_logger().warning(warning)
+            (logger or get_run_logger()).warning(warning)
 
     async def check_rows(
         self,
@@ -408,6 +453,7 @@ class BatchPlan:
         overwrite: bool,
     ) -> list[PreparedRow]:
         """Check every image and target of the rows to submit; every problem at once."""
+        report(BatchPhase("checking images"))
         urls = await resolve_images(
             self.todo,
             bucket=self.bucket,
@@ -452,6 +498,7 @@ async def open_batch(
     folder: str | None,
 ) -> BatchPlan:
     """Read and check the manifest, key its rows and open the batch's ledger."""
+    report(BatchPhase("checking rows"))
     bucket = await _load_bucket(input_bucket)
     manifest = await load_manifest(rows, s3_bucket=bucket)
     if batch_id is None and not isinstance(rows, str) and any(r.id for r in manifest.rows):
@@ -507,6 +554,8 @@ async def finish_batch(
         rows=records,
         estimated_cost_usd=plan.estimate.total_usd,
         unknown_cost_rows=plan.estimate.unknown_rows,
+        charged_before_usd=plan.charged_before,
+        unpriced_before=sum(1 for record in plan.known.values() if record.charge_unknown),
     )
     await publish_batch_artifacts(result)
     get_run_logger().info("Batch %s: %s", plan.batch, result.summary())

@@ -127,6 +127,13 @@ class RowRecord(BaseModel):
         return sum((a.charged_usd or Decimal(0) for a in self.attempts), Decimal(0))
 
     @property
+    def charge_unknown(self) -> bool:
+        """Whether an attempt was charged at a price the documentation does not give."""
+        return any(
+            a.status in ("COMPLETED", "FAILED") and a.charged_usd is None for a in self.attempts
+        )
+
+    @property
     def done(self) -> bool:
         """Whether the row's video is stored."""
         return self.state == "stored"

@@ -7,6 +7,7 @@ from decimal import Decimal
 from pydantic import BaseModel, Field
 
 from prefect_kandinsky.batch.ledger import RowRecord, summarize
+from prefect_kandinsky.gateway.prices import plural
 
 
 class BatchResult(BaseModel):
@@ -21,6 +22,14 @@ class BatchResult(BaseModel):
     unknown_cost_rows: int = Field(
         default=0, description="Rows of this run without a documented price (256P)."
     )
+    charged_before_usd: Decimal = Field(
+        default=Decimal(0),
+        description="What earlier runs of the batch were charged (documented prices).",
+    )
+    unpriced_before: int = Field(
+        default=0,
+        description="Rows charged by earlier runs at a price the documentation does not give.",
+    )
 
     @property
     def counts(self) -> dict[str, int]:
@@ -34,16 +43,48 @@ class BatchResult(BaseModel):
 
     @property
     def charged_usd(self) -> Decimal:
-        """What the gateway charged for the batch so far, by the documented prices."""
+        """What the gateway charged for the batch so far, by the documented prices.
+
+        Rows charged at a price the documentation does not give (256P) are not in it: see
+        :attr:`unpriced_rows` and :attr:`charged_label`.
+        """
         return sum((row.charged_usd for row in self.rows), Decimal(0))
+
+    @property
+    def unpriced_rows(self) -> int:
+        """Rows charged at a price the documentation does not give (256P)."""
+        return sum(1 for row in self.rows if row.charge_unknown)
+
+    @property
+    def charged_label(self) -> str:
+        """What the batch was charged in all, for people: never $0.00 for an unknown price."""
+        return _charge(self.charged_usd, self.unpriced_rows)
+
+    @property
+    def charged_this_run_label(self) -> str:
+        """What this run added to the charges, for people: "no new charges" when nothing."""
+        new = self.charged_usd - self.charged_before_usd
+        unpriced = max(self.unpriced_rows - self.unpriced_before, 0)
+        if not new and not unpriced:
+            return "no new charges"
+        return _charge(new, unpriced)
 
     def summary(self) -> str:
         """One line: counts and spend."""
         counts = ", ".join(f"{n} {state}" for state, n in sorted(self.counts.items()))
         return (
-            f"{len(self.rows)} rows: {counts}; ${self.charged_usd:.2f} charged "
-            f"(estimated ${self.estimated_cost_usd:.2f} for this run)"
+            f"{plural(len(self.rows), 'row')}: {counts}; charged {self.charged_label} in all, "
+            f"this run: {self.charged_this_run_label}"
         )
+
+
+def _charge(known: Decimal, unpriced: int) -> str:
+    if unpriced and not known:
+        return f"unknown ({plural(unpriced, 'row')} without a documented price)"
+    text = f"${known:.2f}"
+    if unpriced:
+        text += f" plus {plural(unpriced, 'row')} without a documented price (unknown)"
+    return text
 
 
 # -- deciding what each row needs --------------------------------------------------------------

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -80,6 +80,7 @@ from prefect_kandinsky.gateway.models import (
     VideoRequest,
     WebhookMode,
 )
+from prefect_kandinsky.gateway.prices import plural
 from prefect_kandinsky.media.images import check_images
 from prefect_kandinsky.media.storage import Destination, output_filename, persist_media
 from prefect_kandinsky.media.uploads import prepare_images
@@ -97,6 +98,15 @@ STOPPING_CODES = frozenset({401, 402, 403})
 """Refusals that every later submit would get too: the batch stops submitting."""
 
 _SUBMITTABLE: frozenset[RowState] = frozenset({"pending", "refused", "error"})
+
+
+@dataclass(frozen=True)
+class BatchPhase:
+    """What a batch is doing now, for displays: "checking images", "rendering 3, storing 1"."""
+
+    text: str
+    working: bool = False
+    """True once rows are being worked (the text then counts them)."""
 
 
 class PreparedRow(BaseModel):
@@ -142,9 +152,14 @@ async def resolve_images(
     ``problems`` found earlier (e.g. files already at the destination) are reported with the
     images' in one :class:`~prefect_kandinsky.gateway.exceptions.KandinskyManifestError`.
     """
+    problems = list(problems)
+    if bucket is None:
+        private = [row for _, row in rows if row.image_kind != "url"]
+        if private:
+            problems.append(_no_bucket_problem(private))
+        rows = [(key, row) for key, row in rows if row.image_kind == "url"]
     sources = [row.image for _, row in rows]
     prepared = await prepare_images(sources, bucket=bucket, expires_seconds=expires_seconds)
-    problems = list(problems)
     urls: dict[str, str] = {}
     for key, row in rows:
         outcome = prepared[row.image]
@@ -161,6 +176,20 @@ async def resolve_images(
     if problems:
         raise manifest_error(source, problems)
     return urls
+
+
+def _no_bucket_problem(rows: Sequence[BatchRow]) -> RowProblem:
+    """One problem for every row whose image needs a bucket, when the batch has none."""
+    lines = ", ".join(str(row.line) for row in rows[:10]) + (", ..." if len(rows) > 10 else "")
+    return RowProblem(
+        line=None,
+        scope="manifest",
+        field="image",
+        message=f"{plural(len(rows), 'row')} (lines {lines}) name a local file or an s3:// "
+        "object as image, which the gateway cannot fetch: pass input_bucket, the name of an "
+        "S3Bucket block to upload and presign them through (CLI: --input-bucket BLOCK_NAME), "
+        "or give http(s) URLs",
+    )
 
 
 def _problem(row: BatchRow, error: KandinskyError) -> RowProblem:
@@ -255,6 +284,7 @@ class _Rows:
     lease: BatchLease | None = None
     stopped: str | None = None
     latest: dict[str, RowRecord] = field(default_factory=dict)
+    doing: dict[str, int] = field(default_factory=dict)
     in_flight: RenderSlots = field(init=False)
     downloads: asyncio.Semaphore = field(init=False)
 
@@ -299,6 +329,22 @@ class _Rows:
         report(record)
         return record
 
+    @contextlib.contextmanager
+    def _phase(self, step: str) -> Iterator[None]:
+        """Count a row in ``step`` (submitting, rendering, storing) while the block runs."""
+        self.doing[step] = self.doing.get(step, 0) + 1
+        self._report_phase()
+        try:
+            yield
+        finally:
+            self.doing[step] -= 1
+            self._report_phase()
+
+    def _report_phase(self) -> None:
+        steps = ("submitting", "rendering", "storing")
+        text = ", ".join(f"{step} {self.doing[step]}" for step in steps if self.doing.get(step))
+        report(BatchPhase(text or "finishing", working=True))
+
     async def _save(self, record: RowRecord, **changes: Any) -> RowRecord:
         saved = await self.ledger.write(record.model_copy(update=changes))
         self.latest[saved.key] = saved
@@ -324,14 +370,17 @@ class _Rows:
         if reserved or record.state != "completed":
             async with self.in_flight.hold(reserved=reserved):
                 if not reserved:
-                    record = await self._submit(row, record)
+                    with self._phase("submitting"):
+                        record = await self._submit(row, record)
                     if record.state != "submitted":
                         return record
-                record, status = await self._wait(record)
+                with self._phase("rendering"):
+                    record, status = await self._wait(record)
             if record.state != "completed":
                 return record
         async with self.downloads:
-            return await self._persist(row, record, status)
+            with self._phase("storing"):
+                return await self._persist(row, record, status)
 
     async def _submit(self, row: PreparedRow, record: RowRecord) -> RowRecord:
         if self.lease is not None and self.lease.lost:
@@ -403,8 +452,8 @@ class _Rows:
             # Still at the gateway (or unreachable for now): a re-run waits for it again.
             return await self._save(record, error=str(exc)), None
         attempts = list(record.attempts)
-        charged = record.estimated_cost_usd or Decimal(0)
-        outcome: dict[JobStatus, tuple[RowState, Decimal]] = {
+        charged = record.estimated_cost_usd  # None: charged, at a price not documented
+        outcome: dict[JobStatus, tuple[RowState, Decimal | None]] = {
             JobStatus.COMPLETED: ("completed", charged),
             JobStatus.FAILED: ("failed", charged),
             JobStatus.ERROR: ("error", Decimal(0)),
