@@ -407,3 +407,34 @@ async def test_a_wait_outlasts_refused_status_reads_and_the_row_is_stored(
     ]
     assert 4 == len(failures), "one warning per failed status read, after the client's retry"
     assert all(r.levelname == "WARNING" for r in failures)
+
+
+async def test_the_nightly_flow_fails_a_refusal_at_once_and_retries_what_can_pass(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """A 404 image fails the night at once (one attempt); an ERROR row is retried and stored."""
+    from flows.batch import nightly_batch
+
+    rows = catalogue(kandinsky_emulator, 2)
+    rows[1]["image"] = kandinsky_emulator.cdn_url + "/samples/missing.png"
+    refused = write_manifest(tmp_path / "refused.csv", rows)
+    options = {
+        "credentials": credentials,
+        "destination": str(tmp_path / "videos"),
+        "slot": "2026-05-22T02:00:00Z",
+        "retries": 1,
+        "retry_delay_seconds": 0,
+    }
+    state = await nightly_batch(refused, **options, return_state=True)  # type: ignore[call-overload]
+    with pytest.raises(KandinskyManifestError, match=r"line 3 \(id sku-2\): image: .*404"):
+        await state.result()
+    async with get_client() as client:
+        runs = await client.read_flow_runs()
+    attempts = [r for r in runs if r.parent_task_run_id and r.name.startswith("generate-videos-")]
+    assert 1 == len([r for r in attempts if "refused" in r.name]), "no second attempt"
+
+    kandinsky_emulator.state.plan_outcome("ERROR", "GPU node lost")
+    passing = write_manifest(tmp_path / "passing.csv", catalogue(kandinsky_emulator, 2))
+    result: BatchResult = await nightly_batch(passing, **options)  # type: ignore[call-overload]
+    assert {"stored": 2} == result.counts
+    assert 3 == kandinsky_emulator.state.count("submit"), "the ERROR row once more, unpaid"

@@ -136,10 +136,10 @@ def test_parameters_are_valid_for_the_flow_signature(name: str) -> None:
 async def test_schedules_are_valid_crons(name: str) -> None:
     """Scheduled deployments have one valid, paused cron; the others say they have none."""
     deployment = _deployment(name)
-    if name == "every-5-minutes":  # free (status reads only), so on from the start
+    if name == "every-5-minutes":  # only runs that suspend need it: paused until resumed
         (spec,) = deployment["schedules"]
         RawScheduleConfig.model_validate(spec)
-        assert (300, True) == (spec["interval"], spec["active"])
+        assert (300, False) == (spec["interval"], spec["active"])
         return
     if name not in SCHEDULED:
         assert [] == deployment["schedules"], "an absent key makes prefect deploy ask"
@@ -181,6 +181,19 @@ def test_pull_step_enters_the_checkout_it_was_deployed_from(
     assert [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
     ] == resolved
+
+
+def test_every_deployment_is_in_the_readme_tables_saying_how_it_runs() -> None:
+    """Both READMEs list every deployment; those with a schedule say they run by themselves."""
+    text = (REPO / "README.md").read_text()
+    readme = text[text.index("## Run it as deployments") : text.index("## The emulator")]
+    short = (REPO / "deployments" / "README.md").read_text()
+    for deployment in _deployments():
+        full = f"{EXPECTED[deployment['name']][1]}/{deployment['name']}"
+        for table in (readme, short):
+            (line,) = [ln for ln in table.splitlines() if ln.startswith(f"| `{full}` |")]
+            if deployment["schedules"]:
+                assert "by itself" in line and "ships paused" in line, line
 
 
 def test_walkthrough_names_what_the_yaml_declares() -> None:
