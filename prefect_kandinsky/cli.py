@@ -635,9 +635,11 @@ def _batch_rows(args: argparse.Namespace, server: Any, bucket: Any) -> tuple[Any
 def _check_batch(parameters: dict[str, Any]) -> int:
     """Every check made before the first submit, before any flow run; the number of rows.
 
-    Bad rows, images, files in the way and a budget overrun are usage errors (exit 2).
+    Bad rows, images, files in the way, a budget overrun and another run of the batch
+    holding its lease are usage errors (exit 2).
     """
     from prefect_kandinsky.batch.flows import check_batch
+    from prefect_kandinsky.batch.lease import KandinskyBatchBusyError
     from prefect_kandinsky.blocks import load_destination
     from prefect_kandinsky.gateway.exceptions import KandinskyBudgetError, KandinskyManifestError
 
@@ -664,7 +666,12 @@ def _check_batch(parameters: dict[str, Any]) -> int:
 
     try:
         return asyncio.run(check())
-    except (KandinskyManifestError, KandinskyBudgetError, ValueError) as exc:
+    except (
+        KandinskyManifestError,
+        KandinskyBudgetError,
+        KandinskyBatchBusyError,
+        ValueError,
+    ) as exc:
         raise UsageError(str(exc)) from exc
 
 

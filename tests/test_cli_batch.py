@@ -147,3 +147,40 @@ def test_spend_says_unknown_and_a_free_rerun_says_no_new_charges(
     assert 0 == cli.main(command)
     again = capsys.readouterr().out
     assert f"Charged:     {charged} in all, by the documented prices; this run: no new " in again
+
+
+def test_a_batch_another_run_holds_exits_2_naming_it(
+    kandinsky_emulator: Any, saved_credentials: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The batch's lease is held by a live run elsewhere: exit 2 naming it, no flow run."""
+    from datetime import datetime, timedelta, timezone
+
+    from prefect_kandinsky.batch.lease import LEASE_NAME, LeaseRecord
+    from prefect_kandinsky.batch.ledger import Ledger
+
+    manifest = tmp_path / "rows.csv"
+    manifest.write_text(
+        "id,prompt,image,resolution,duration\n"
+        f"a,The kite climbs.,{kandinsky_emulator.sample_image_url},512P,1s\n"
+    )
+    folder = Ledger(tmp_path / "ledger", str(manifest)).local_folder
+    assert folder is not None
+    folder.mkdir(parents=True)
+    now = datetime.now(timezone.utc)
+    (folder / LEASE_NAME).write_text(
+        LeaseRecord(
+            holder="flow run 'generate-videos-rows-csv' on host-b",
+            token="t",
+            host="host-b",
+            pid=1,
+            acquired_at=now,
+            expires_at=now + timedelta(minutes=2),
+        ).model_dump_json()
+    )
+    before = flow_runs()
+    code = cli.main(arguments(str(manifest), tmp_path, "--credentials", saved_credentials))
+    err = capsys.readouterr().err
+    assert 2 == code, err
+    assert "is being run by flow run 'generate-videos-rows-csv' on host-b" in err
+    assert before == flow_runs()
+    assert 0 == kandinsky_emulator.state.count("submit")

@@ -315,6 +315,7 @@ async def generate_videos(
     )
     async with BatchLease(plan.book, logger=get_run_logger()) as lease:
         await plan.read_ledger(settings)
+        await plan.remove_partials()
         plan.check_budget(max_cost_usd)
         prepared = await plan.check_rows(
             target,
@@ -375,11 +376,13 @@ async def check_batch(
     Raises:
         KandinskyManifestError: rows, images or targets are invalid (all listed).
         KandinskyBudgetError: the batch is over ``max_cost_usd``.
+        KandinskyBatchBusyError: another run of the batch holds its lease now.
         ValueError: a parameter cannot be used (e.g. an s3:// manifest without a bucket).
     """
     plan = await open_batch(
         rows, batch_id=batch_id, input_bucket=input_bucket, ledger=ledger, folder=folder
     )
+    await BatchLease(plan.book).check_free()
     await plan.read_ledger(
         RowSettings(retry_failed=retry_failed, resubmit_uncertain=resubmit_uncertain)
     )
@@ -423,7 +426,9 @@ class BatchPlan:
             )
         ]
         self.estimate = estimate_batch_cost(row for _, row in self.todo)
-        # Partial downloads of rows stored since, or not waiting for a download: gone.
+
+    async def remove_partials(self) -> None:
+        """Remove the partial downloads of rows stored since, or no longer downloading."""
         await self.book.remove_partials(
             record.request_id
             for record in self.known.values()

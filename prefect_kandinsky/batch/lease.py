@@ -162,22 +162,33 @@ class BatchLease:
         with contextlib.suppress(Exception):
             await self.release()
 
+    async def check_free(self) -> None:
+        """Raise :class:`KandinskyBatchBusyError` if a live run holds the lease now.
+
+        A look, not a hold: for a caller that refuses a batch before starting its run.
+        """
+        current = await self._read()
+        if current is not None and not current[0].expired(datetime.now(timezone.utc)):
+            raise self._busy(current[0])
+
+    def _busy(self, held: LeaseRecord) -> KandinskyBatchBusyError:
+        return KandinskyBatchBusyError(
+            f"Batch {self.ledger.batch_id!r} is being run by {held.holder} (its lease "
+            f"{self.where} expires at {held.expires_at:%Y-%m-%d %H:%M:%S} UTC unless "
+            "renewed); nothing was submitted: let that run finish (a run of the same "
+            "batch at once would pay twice for the rows both see as new), or, if it is "
+            "gone, run again once its lease expired",
+            holder=held.holder,
+            expires_at=held.expires_at,
+        )
+
     async def acquire(self) -> None:
         """Take the lease, or raise :class:`KandinskyBatchBusyError` naming its holder."""
         record = self._new_record()
         try:
             await self._take(record)
         except _Busy as busy:
-            held = busy.record
-            raise KandinskyBatchBusyError(
-                f"Batch {self.ledger.batch_id!r} is being run by {held.holder} (its lease "
-                f"{self.where} expires at {held.expires_at:%Y-%m-%d %H:%M:%S} UTC unless "
-                "renewed); nothing was submitted: let that run finish (a run of the same "
-                "batch at once would pay twice for the rows both see as new), or, if it is "
-                "gone, run again once its lease expired",
-                holder=held.holder,
-                expires_at=held.expires_at,
-            ) from None
+            raise self._busy(busy.record) from None
         self._record = record
 
     async def renew(self) -> None:
