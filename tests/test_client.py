@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import logging
@@ -645,3 +646,40 @@ def test_repr_has_no_key() -> None:
     client = KandinskyClient(api_key="sk-live-123456", base_url="https://gateway.example")
     assert "sk-live-123456" not in repr(client)
     assert "gateway.example" in repr(client)
+
+
+async def test_a_wait_reads_again_after_refused_status_reads_honouring_retry_after(
+    client: KandinskyClient, kandinsky_emulator: Any, fake_time: FakeTime
+) -> None:
+    """429s past the client's retries cost the wait a Retry-After pause, not the wait."""
+    job = await client.submit(tiny_request(kandinsky_emulator))
+    await asyncio.to_thread(kandinsky_emulator.state.wait_for_status, job.request_id)
+    # Two status reads refused, each after the client's 2 retries: 6 answers of 429.
+    kandinsky_emulator.state.inject_fault("status", status_code=429, retry_after=5, times=6)
+    final = await client.wait(job.request_id, timeout=600, poll_interval=0.01)
+    assert JobStatus.COMPLETED == final.status
+    assert [5.0] * 6 == fake_time.sleeps, "every 429's Retry-After, the wait's pauses too"
+
+
+async def test_a_wait_ends_at_once_on_a_refusal_that_cannot_change(
+    client: KandinskyClient, kandinsky_emulator: Any
+) -> None:
+    """A 403 to a status read ends the wait on the first read; it is not retried."""
+    job = await client.submit(tiny_request(kandinsky_emulator))
+    kandinsky_emulator.state.inject_fault("status", status_code=403, times=5)
+    with pytest.raises(KandinskyPermissionDeniedError, match="refused by the gateway with 403"):
+        await client.wait(job.request_id, timeout=600)
+    assert 1 == kandinsky_emulator.state.count("status", request_id=job.request_id)
+
+
+async def test_a_wait_whose_status_reads_keep_failing_ends_at_its_deadline(
+    client: KandinskyClient, kandinsky_emulator: Any, fake_time: FakeTime
+) -> None:
+    """5xx on every status read: the wait ends at its own deadline, resumable by request id."""
+    kandinsky_emulator.configure(manual=True)
+    job = await client.submit(tiny_request(kandinsky_emulator))
+    kandinsky_emulator.state.inject_fault("status", status_code=503, times=1000)
+    with pytest.raises(KandinskyWaitTimeoutError, match="status reads kept failing") as caught:
+        await client.wait(job.request_id, timeout=60, poll_interval=1, max_poll_interval=8)
+    assert job.request_id == caught.value.request_id
+    assert 60.0 <= fake_time.now < 61.0
