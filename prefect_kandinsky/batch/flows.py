@@ -1,9 +1,16 @@
 """The batch flows: ``generate-videos`` (a manifest in, one stored video per row out) and
 ``generate-videos-chunk`` (one chunk of a batch split over a deployment).
 
-The flow reads and checks the whole manifest, checks every image and the budget before the
-first submit, then hands the rows to :mod:`prefect_kandinsky.batch.runner` (in this flow
-run, or as chunks run by other workers) and publishes the batch's artifacts.
+The flow reads and checks the whole manifest, takes the batch's lease (one run at a time),
+checks the budget, every image and every named file before the first submit, then hands the
+rows to :mod:`prefect_kandinsky.batch.runner` (in this flow run, or as chunks run by other
+workers) and publishes the batch's artifacts. Each of those is a named step below
+(``open_batch``, ``BatchPlan.read_ledger`` ... ``finish_batch``); ``check_batch`` makes the
+same checks without a flow run, for the command line.
+
+The flow's parameters stay flat (as before): saved deployments and calls keep working, and
+the UI's form shows each one with its description; they are grouped for the runner in
+:class:`~prefect_kandinsky.batch.runner.RowSettings`, which chunk runs receive whole.
 """
 
 from __future__ import annotations
@@ -274,6 +281,8 @@ async def generate_videos(
     Raises:
         KandinskyManifestError: rows or images are invalid (all listed); nothing was paid.
         KandinskyBudgetError: the batch is over ``max_cost_usd``; nothing was paid.
+        KandinskyBatchBusyError: another run of the batch holds its lease (one run of a
+            batch at a time; see :mod:`prefect_kandinsky.batch.lease`); nothing was paid.
         KandinskyBatchIncompleteError: some rows are not stored; ``.result`` holds them all.
 
     Example:

@@ -352,7 +352,16 @@ class _Rows:
 
     async def _advance(self, row: PreparedRow, record: RowRecord, reserved: bool) -> RowRecord:
         settings = self.settings
-        # A reserved row is submitted: none of the returns below its slot's hold applies.
+        status: StatusResponse | None = None
+        if reserved:  # rendering since an earlier run: its slot is counted already
+            async with self.in_flight.hold(reserved=True):
+                with self._phase("rendering"):
+                    record, status = await self._wait(record)
+            if record.state != "completed":
+                return record
+            async with self.downloads:
+                with self._phase("storing"):
+                    return await self._persist(row, record, status)
         if record.state == "stored":
             return record
         if record.state == "failed" and not settings.retry_failed:
@@ -366,14 +375,12 @@ class _Rows:
                 "not submitted again (pass resubmit_uncertain=True once you checked the "
                 "gateway)",
             )
-        status: StatusResponse | None = None
-        if reserved or record.state != "completed":
-            async with self.in_flight.hold(reserved=reserved):
-                if not reserved:
-                    with self._phase("submitting"):
-                        record = await self._submit(row, record)
-                    if record.state != "submitted":
-                        return record
+        if record.state != "completed":
+            async with self.in_flight.hold(reserved=False):
+                with self._phase("submitting"):
+                    record = await self._submit(row, record)
+                if record.state != "submitted":
+                    return record
                 with self._phase("rendering"):
                     record, status = await self._wait(record)
             if record.state != "completed":
