@@ -269,12 +269,12 @@ def _credentials(args: argparse.Namespace, server: Any) -> KandinskyCredentials:
     return KandinskyCredentials.from_env()
 
 
-def _check_image(url: str) -> None:
+def _check_image(url: str, credentials: KandinskyCredentials) -> None:
     from prefect_kandinsky.gateway.exceptions import KandinskyImageError
     from prefect_kandinsky.media.images import check_image
 
     try:
-        asyncio.run(check_image(url))
+        asyncio.run(check_image(url, gateway_url=credentials.base_url))
     except KandinskyImageError as exc:
         raise UsageError(f"{exc} (or pass --no-check-image)") from exc
 
@@ -514,7 +514,7 @@ def _generate(args: argparse.Namespace) -> int:
         )
         credentials = _credentials(args, server)
         if args.check_image:
-            _check_image(request.image_url)
+            _check_image(request.image_url, credentials)
         state = _run_flow(
             args.verbose,
             prompt=request.prompt,

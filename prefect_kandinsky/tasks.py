@@ -249,9 +249,9 @@ def _persist_run_name() -> str:
 # -- tasks -------------------------------------------------------------------------------
 
 
-async def _checked_input(url: str, logger: Any) -> str | None:
+async def _checked_input(url: str, logger: Any, gateway_url: str) -> str | None:
     """Check the input image before paying; return its thumbnail as a data: URI, if any."""
-    checked = await check_input_image(url, read_content=True)
+    checked = await check_input_image(url, read_content=True, gateway_url=gateway_url)
     logger.info(
         "Input image %s is a %s (%s bytes)",
         url.split("?", 1)[0],
@@ -375,7 +375,7 @@ async def submit_video(
     logger = get_run_logger()
     if webhook_base_url is not None:
         webhook_url = _callback_url(webhook_base_url, webhook_url, creds)
-    preview = await _checked_input(video.image_url, logger) if check_image else None
+    preview = await _checked_input(video.image_url, logger, creds.base_url) if check_image else None
     logger.info(
         "Submitting %s %s video (estimated cost %s)",
         video.resolution,

@@ -312,6 +312,7 @@ async def generate_videos(
         check=check_image,
         expires_seconds=presign_lifetime(wait_timeout_seconds),
         source=manifest.source,
+        gateway_url=creds.base_url,
     )
     prepared = prepare_rows(keyed, urls, folder)
     stored_before = sum(1 for record in known.values() if record.done)

@@ -131,6 +131,7 @@ async def resolve_images(
     check: bool,
     expires_seconds: int,
     source: str,
+    gateway_url: str | None = None,
 ) -> dict[str, str]:
     """The image URL of each row to submit; every problem at once, before anything is paid."""
     sources = [row.image for _, row in rows]
@@ -144,7 +145,7 @@ async def resolve_images(
         else:
             urls[key] = outcome.url
     if check and urls:
-        checked = await check_images(urls.values())
+        checked = await check_images(urls.values(), gateway_url=gateway_url)
         for key, row in rows:
             verdict = checked.get(urls[key]) if key in urls else None
             if isinstance(verdict, KandinskyImageError):
