@@ -226,15 +226,18 @@ def _image_url(image: str, server: Any) -> str:
         )
     if not path.is_file():
         raise UsageError(f"--image {image!r}: no such file")
-    url: str = server.upload(path.read_bytes(), content_type=_content_type(path))
+    from prefect_kandinsky.media.images import IMAGE_SNIFF_BYTES, sniff_image_kind
+
+    data = path.read_bytes()
+    kind = sniff_image_kind(data[:IMAGE_SNIFF_BYTES])
+    if kind is None:
+        # Only images go to the emulator's CDN, and the file's bytes are never shown.
+        raise UsageError(
+            f"--image {image!r} is not an image ({len(data)} bytes of something else): "
+            "give a PNG, JPEG or WebP file"
+        )
+    url: str = server.upload(data, content_type=f"image/{kind}")
     return url
-
-
-def _content_type(path: Path) -> str:
-    suffix = path.suffix.lower().lstrip(".")
-    return {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}.get(
-        suffix, "image/png"
-    )
 
 
 def _request(**fields: Any) -> VideoRequest:

@@ -466,7 +466,7 @@ def image_host() -> Any:
     ("path", "message"),
     [
         ("/beach.png", "answered 404 Not Found: check the URL"),
-        ("/page.html", "answered 200 with text/html, not an image"),
+        ("/page.html", r"answered 200 with text/html \(\d+ bytes\), not an image"),
         ("/private.png", "answered 403 Forbidden"),
     ],
 )

@@ -200,6 +200,7 @@ async def generate_videos(
     webhook_base_url: str | None = None,
     webhook_mode: WebhookMode | None = None,
     wait: Literal["poll", "events"] = "poll",
+    image_root: str | None = None,
 ) -> BatchResult:
     """Generate one video per row of a manifest, paying once per row however often it runs.
 
@@ -251,6 +252,9 @@ async def generate_videos(
             subscription to Prefect's event stream for the receiver's events about this
             run's jobs, reading a row's status when its event comes (and every minute
             anyway): a long render costs a handful of status reads instead of one every 8 s.
+        image_root: The folder a row's local image must lie in (symlinks resolved); by
+            default the manifest's folder, or the worker's current directory for rows in
+            memory. A row naming a file elsewhere is refused with the other bad rows.
 
     Returns:
         Every row's record and the batch's spend.
@@ -283,7 +287,7 @@ async def generate_videos(
     creds = await load_credentials(credentials)
     target = await load_destination(destination)
     bucket = await _load_bucket(input_bucket)
-    manifest = await load_manifest(rows, s3_bucket=bucket)
+    manifest = await load_manifest(rows, s3_bucket=bucket, image_root=image_root)
     if batch_id is None and not isinstance(rows, str) and any(r.id for r in manifest.rows):
         raise ValueError(
             "rows given as a list with an id need a batch_id, which tells this batch's "

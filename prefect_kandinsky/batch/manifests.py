@@ -69,6 +69,7 @@ from prefect_kandinsky.gateway.models import (
     invalid_value,
 )
 from prefect_kandinsky.gateway.prices import estimate_cost_usd
+from prefect_kandinsky.media.images import IMAGE_SNIFF_BYTES, sniff_image_kind
 
 __all__ = [
     "KNOWN_COLUMNS",
@@ -624,19 +625,24 @@ def validate_rows(
     *,
     base_dir: Path | None = None,
     source: str = "<rows>",
+    image_root: str | os.PathLike[str] | None = None,
 ) -> list[BatchRow]:
     """Check every row, and the rows together, before anything is paid.
 
     Each row is checked like a ``VideoRequest`` (empty values take the default), its image
-    must be an http(s) URL, an ``s3://bucket/key`` URI or an existing local file (a relative
-    path is read from ``base_dir``, else the current directory, and stored absolute). Then:
+    must be an http(s) URL, an ``s3://bucket/key`` URI or an existing local image file (a
+    relative path is read from ``base_dir``, else the current directory, and stored
+    absolute) that lies inside ``image_root``, else ``base_dir``, else the current directory,
+    once symlinks are resolved: a row cannot name any file the worker can read. Then:
     no id twice, no two rows without an id asking for the same video, no two rows writing
     the same ``destination/filename``, and at least one row.
 
     Raises:
         KandinskyManifestError: listing every problem of every row, at once.
     """
-    rows, problems = _validate(raw, base_dir=base_dir, known_missing=frozenset())
+    rows, problems = _validate(
+        raw, base_dir=base_dir, known_missing=frozenset(), image_root=image_root
+    )
     if problems:
         raise manifest_error(source, problems)
     return rows
@@ -648,6 +654,7 @@ def _validate(
     base_dir: Path | None,
     known_missing: frozenset[str],
     parse_problems: bool = False,
+    image_root: str | os.PathLike[str] | None = None,
 ) -> tuple[list[BatchRow], list[RowProblem]]:
     problems: list[RowProblem] = []
     rows: list[BatchRow] = []
@@ -655,6 +662,7 @@ def _validate(
     count = 0
     # The folder relative image paths are read from: resolved once, for the first of them.
     base = cache(lambda: (base_dir or Path.cwd()).resolve())
+    root = cache(lambda: Path(image_root).resolve() if image_root is not None else base())
     for line, mapping in raw:
         count += 1
         values, row_problems = _normalise(line, mapping)
@@ -676,7 +684,7 @@ def _validate(
             else:
                 ids[row_id] = line
         if "image" in values:
-            values["image"], image_problem = _resolve_image(line, values["image"], base)
+            values["image"], image_problem = _resolve_image(line, values["image"], base, root)
             if image_problem is not None:
                 row_problems.append(image_problem)
         try:
@@ -753,27 +761,49 @@ def _normalise(line: int, mapping: object) -> tuple[dict[str, Any], list[RowProb
 
 
 def _resolve_image(
-    line: int, value: object, folder: Callable[[], Path]
+    line: int, value: object, folder: Callable[[], Path], root: Callable[[], Path]
 ) -> tuple[object, RowProblem | None]:
-    """A local image as an absolute path, with a problem if it is not an existing file."""
+    """A local image as an absolute path, with a problem if it is not an image file inside
+    ``root`` (symlinks resolved)."""
     if not isinstance(value, str) or not value.strip():
         return value, None
     text = value.strip()
     if "://" in text or _image_kind(text) != "file":
         return value, None
-    path = Path(os.path.expanduser(text))
+    path = Path(text)
     base = folder()
     resolved = Path(os.path.abspath(path if path.is_absolute() else base / path))
-    if resolved.is_file():
-        return str(resolved), None
-    read_from = "" if path.is_absolute() else f" (relative paths are read from {base})"
-    found = "is a folder" if resolved.is_dir() else "does not exist"
-    return value, RowProblem(
-        line=line,
-        field="image",
-        value=_shown(value),
-        message=f"image must be {_IMAGE_ALLOWED}; {resolved} {found}{read_from}",
-    )
+    inside = root()
+    real = Path(os.path.realpath(resolved))
+    if not real.is_relative_to(inside):
+        message = (
+            f"image {_shown(value)!r} is outside {inside}, the folder local images are read "
+            f"from (symlinks resolved): move the image into it, or name the folder that holds "
+            f"the images with image_root"
+        )
+    elif not real.is_file():
+        read_from = "" if path.is_absolute() else f" (relative paths are read from {base})"
+        found = "is a folder" if real.is_dir() else "does not exist"
+        message = f"image must be {_IMAGE_ALLOWED}; {resolved} {found}{read_from}"
+    elif (kind := _file_image_kind(real)) is not None:
+        message = f"image {resolved} {kind}: give a PNG, JPEG or WebP file"
+    else:
+        return str(real), None
+    return value, RowProblem(line=line, field="image", value=_shown(value), message=message)
+
+
+def _file_image_kind(path: Path) -> str | None:
+    """None for an image file (by its magic bytes); else what it is, never its bytes."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(IMAGE_SNIFF_BYTES)
+    except OSError as exc:
+        return f"cannot be read ({type(exc).__name__})"
+    if not head:
+        return "is empty, not an image"
+    if sniff_image_kind(head) is None:
+        return "is not an image (its first bytes are no image format's)"
+    return None
 
 
 def _from_validation(
@@ -858,6 +888,7 @@ async def load_manifest(
     *,
     s3_bucket: Any | None = None,
     format: str | None = None,
+    image_root: str | os.PathLike[str] | None = None,
 ) -> Manifest:
     """Read and validate a whole manifest; one error lists every problem, nothing is paid.
 
@@ -869,6 +900,9 @@ async def load_manifest(
         s3_bucket: A prefect-aws ``S3Bucket`` whose credentials read an ``s3://`` manifest
             (its bucket may differ from the block's ``bucket_name``).
         format: ``"csv"`` or ``"jsonl"``; by default taken from the file's suffix.
+        image_root: The folder local images must lie in (symlinks resolved). By default the
+            manifest's own folder, or the current directory for rows in memory: an image
+            anywhere else (``/etc/passwd``, ``~/.ssh/id_rsa``, ``../../x``) is a row problem.
 
     Raises:
         KandinskyManifestError: the manifest cannot be read, or has invalid rows.
@@ -895,6 +929,7 @@ async def load_manifest(
             base_dir=base_dir,
             known_missing=missing,
             parse_problems=bool(parse_problems),
+            image_root=image_root,
         )
     )
     if parse_problems or problems:
