@@ -304,6 +304,7 @@ async def persist_media(
     preview: bool | int = False,
     preview_width: int | None = None,
     logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    max_media_bytes: int | None = None,
 ) -> PersistedVideo:
     """Stream a completed video to its destination in constant memory and describe the copy.
 
@@ -339,6 +340,8 @@ async def persist_media(
             poster and a strip of that many frames (no clip), ``False`` for none.
         preview_width: Widest a preview picture may be, in pixels (256 by default).
         logger: Where progress is logged (a Prefect run logger in tasks).
+        max_media_bytes: The download stops with an error past this many bytes (or when the
+            CDN declares more); None takes ``KANDINSKY_MAX_MEDIA_BYTES``, else 2 GiB.
 
     Returns:
         Where the video is, its size, SHA-256, media type and probed facts.
@@ -357,7 +360,9 @@ async def persist_media(
     temp: Path | None = None
     where = destination_key(destination)
     try:
-        async with client.open_media(url, request_id=request_id, chunk_size=chunk_size) as media:
+        async with client.open_media(
+            url, request_id=request_id, chunk_size=chunk_size, max_bytes=max_media_bytes
+        ) as media:
             served_type = _served_media_type(media, request_id)
             media_type = video.media_type or served_type
             name = filename or output_filename(request_id, media_type, url)
