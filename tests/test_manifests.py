@@ -845,3 +845,78 @@ async def test_errors_survive_pickling(tmp_path: Path) -> None:
         budget_copy.estimate,
     )
     assert isinstance(budget_copy.estimate, CostEstimate)
+
+
+# -- bounded reading --------------------------------------------------------------------------
+
+
+async def test_a_manifest_over_the_row_limit_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More rows than max_rows (or KANDINSKY_MAX_MANIFEST_ROWS) is one problem naming both."""
+    lines = "".join(f"sku-{i},Prompt {i},{URL}/{i}.png\n" for i in range(11))
+    manifest = _write(tmp_path / "big.csv", "id,prompt,image\n" + lines)
+
+    with pytest.raises(
+        KandinskyManifestError,
+        match=r"the manifest has more than 10 rows and was not read further; split it into "
+        r"several batches, or raise max_rows \(or KANDINSKY_MAX_MANIFEST_ROWS\)",
+    ):
+        await load_manifest(manifest, max_rows=10)
+    monkeypatch.setenv("KANDINSKY_MAX_MANIFEST_ROWS", "10")
+    with pytest.raises(KandinskyManifestError, match="more than 10 rows"):
+        await load_manifest(manifest)
+
+    assert 11 == len((await load_manifest(manifest, max_rows=11)).rows)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+async def test_a_line_over_the_length_limit_is_a_row_problem(tmp_path: Path, suffix: str) -> None:
+    """A line longer than max_line_chars is reported on its line; the other rows are read."""
+    if suffix == "csv":
+        text = f"prompt,image\nA,{URL}/a.png\n{'B' * 5000},{URL}/b.png\nC,{URL}/c.png\n"
+    else:
+        text = "\n".join(
+            json.dumps({"prompt": prompt, "image": f"{URL}/x.png"}) for prompt in ("A", "B" * 5000)
+        )
+        text += "\n" + json.dumps({"prompt": "C", "image": f"{URL}/c.png", "steps": 99}) + "\n"
+    manifest = _write(tmp_path / f"rows.{suffix}", text)
+
+    with pytest.raises(KandinskyManifestError) as caught:
+        await load_manifest(manifest, max_line_chars=1000)
+
+    problem = caught.value.problems[0]
+    assert (2 if suffix == "jsonl" else 3, None) == (problem.line, problem.value)
+    assert problem.message.startswith("the line is longer than 1000 characters and was not read")
+    assert len(caught.value.problems) == (2 if suffix == "jsonl" else 1)
+
+
+async def test_deeply_nested_json_is_a_row_problem(tmp_path: Path) -> None:
+    """JSON nested 100,000 deep is a row problem, not a RecursionError."""
+    deep = '{"prompt": "A", "image": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    manifest = _write(
+        tmp_path / "rows.jsonl",
+        json.dumps({"prompt": "ok", "image": f"{URL}/a.png"}) + "\n" + deep + "\n",
+    )
+
+    with pytest.raises(KandinskyManifestError) as caught:
+        await load_manifest(manifest, max_line_chars=1_000_000)
+
+    assert [(2, "JSON nested too deeply to read")] == [
+        (p.line, p.message.partition(";")[0]) for p in caught.value.problems
+    ]
+
+
+def test_the_cli_exits_2_on_deep_json_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`batch` on a manifest with too-deep JSON prints the problem and exits 2."""
+    from prefect_kandinsky import cli
+
+    deep = '{"prompt": "A", "image": ' + "[" * 20_000 + "]" * 20_000 + "}\n"
+    manifest = _write(tmp_path / "rows.jsonl", deep)
+
+    assert 2 == cli.main(["batch", str(manifest), "--emulator"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "line 1: JSON nested too deeply to read" in err
