@@ -64,6 +64,7 @@ from prefect_kandinsky.gateway.models import (
     gateway_timings,
 )
 from prefect_kandinsky.media.images import check_image as check_input_image
+from prefect_kandinsky.media.images import redact_url
 from prefect_kandinsky.media.storage import Destination, destination_key, persist_media
 from prefect_kandinsky.progress import StatusRead, report
 
@@ -254,7 +255,7 @@ async def _checked_input(url: str, logger: Any, gateway_url: str) -> str | None:
     checked = await check_input_image(url, read_content=True, gateway_url=gateway_url)
     logger.info(
         "Input image %s is a %s (%s bytes)",
-        url.split("?", 1)[0],
+        redact_url(url),
         checked.kind,
         checked.size_bytes if checked.size_bytes is not None else "unknown",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import socket
 import threading
@@ -733,3 +734,56 @@ async def test_errors_never_quote_the_body(image_host: ImageHost) -> None:
         "bytes) but the bytes are not an image: check the URL points at the image file itself "
         "(nothing was submitted)",
     ] == [str(outcome) for outcome in outcomes.values()]
+
+
+# -- secrets in URLs ----------------------------------------------------------------------------
+
+
+def test_redact_url_hides_user_info_signatures_and_tokens() -> None:
+    """User info, signature and token parameters (query and fragment) are hidden, the rest kept."""
+    url = (
+        "https://alice:hunter2@b.s3.amazonaws.com/in/a.png?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Credential=AKIA%2F20261207&X-Amz-Signature=9f2c&X-Amz-Security-Token=FQo"
+        "&sig=az&token=t0k&Signature=cf&api_key=k3y#access_token=jwt"
+    )
+
+    assert (
+        "https://REDACTED@b.s3.amazonaws.com/in/a.png?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED&X-Amz-Security-Token=REDACTED"
+        "&sig=REDACTED&token=REDACTED&Signature=REDACTED&api_key=REDACTED"
+        "#access_token=REDACTED"
+    ) == redact_url(url)
+    assert "<a URL that cannot be parsed, REDACTED>" == redact_url("http://[user:pw@host/a.png")
+
+
+async def test_the_check_never_shows_credentials_of_the_url(
+    image_host: ImageHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    """User info and a signature in image_url appear neither in the error nor in the logs."""
+    url = image_host.url("/page.html?X-Amz-Signature=s3cr3tsig").replace(
+        "http://", "http://alice:hunter2@"
+    )
+    caplog.set_level("DEBUG", logger="prefect_kandinsky")
+
+    with pytest.raises(KandinskyImageError) as caught:
+        await check_image(url)
+    await check_image(image_host.url("/image.png?sig=s3cr3tsig"))
+
+    shown = str(caught.value) + caught.value.url + caplog.text
+    assert [] == [secret for secret in ("hunter2", "s3cr3tsig") if secret in shown]
+
+
+async def test_the_input_image_log_line_shows_no_user_info(
+    image_host: ImageHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The task's "Input image ..." log line redacts user info and signatures."""
+    from prefect_kandinsky.tasks import _checked_input
+
+    url = image_host.url("/image.png?sig=s3cr3tsig").replace("http://", "http://alice:hunter2@")
+    logger = logging.getLogger("test-input-image")
+    caplog.set_level("INFO", logger="test-input-image")
+
+    await _checked_input(url, logger, LOOPBACK_GATEWAY)
+
+    assert [f"Input image {redact_url(url)} is a png ({len(PNG)} bytes)"] == caplog.messages
+    assert "hunter2" not in caplog.text

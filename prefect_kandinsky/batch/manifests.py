@@ -144,7 +144,7 @@ def _known_columns_text() -> str:
 def _shown(value: object) -> object:
     """A value as a problem shows it: long text cut, http(s) URLs without their secrets."""
     if isinstance(value, str):
-        if value.strip().lower().startswith(("http://", "https://")):
+        if "://" in value:
             from prefect_kandinsky.media.images import redact_url
 
             value = redact_url(value.strip())

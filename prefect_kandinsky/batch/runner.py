@@ -76,7 +76,7 @@ from prefect_kandinsky.gateway.models import (
     VideoRequest,
     WebhookMode,
 )
-from prefect_kandinsky.media.images import check_images
+from prefect_kandinsky.media.images import check_images, redact_url
 from prefect_kandinsky.media.storage import Destination, output_filename, persist_media
 from prefect_kandinsky.media.uploads import prepare_images
 from prefect_kandinsky.progress import StatusRead, report
@@ -157,7 +157,11 @@ async def resolve_images(
 
 def _problem(row: BatchRow, error: KandinskyError) -> RowProblem:
     return RowProblem(
-        line=row.line, row_id=row.id, field="image", value=row.image, message=error.message
+        line=row.line,
+        row_id=row.id,
+        field="image",
+        value=redact_url(row.image),
+        message=error.message,
     )
 
 

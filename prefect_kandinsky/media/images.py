@@ -118,6 +118,17 @@ SECRET_QUERY_PARAMS = frozenset(
         "sig",
         "token",
         "access_token",
+        "id_token",
+        "refresh_token",
+        "auth",
+        "api_key",
+        "apikey",
+        "key",
+        "secret",
+        "password",
+        "policy",
+        "x-goog-security-token",
+        "googleaccessid",
     }
 )
 """Query parameters (lower case) whose values :func:`redact_url` hides: presigned URLs of
@@ -353,8 +364,13 @@ def redact_url(url: str) -> str:
     """``url`` with the values of signature query parameters and any user info replaced.
 
     Presigned URLs carry a credential in their query (``X-Amz-Signature``,
-    ``X-Amz-Credential``, ``Signature``, ``sig``, ``token``...); the rest of the URL is kept
-    as written so that it still says which image it is.
+    ``X-Amz-Credential``, ``Signature``, ``sig``, ``token``...) and sometimes in the
+    fragment; the rest of the URL is kept as written so that it still says which image it is.
+    A URL that cannot be parsed is replaced whole.
+
+    Use it for every URL written to a log, an error or a result, and as the *text* of a
+    markdown link whose target is the full URL: a presigned link shown in an artifact then
+    keeps working while its text shows no signature.
 
     Example:
         ```python
@@ -365,14 +381,16 @@ def redact_url(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return url
+        return f"<a URL that cannot be parsed, {REDACTED}>"
     netloc = parts.netloc
     if "@" in netloc:
         netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
     query = "&".join(_redact_pair(pair) for pair in parts.query.split("&"))
-    if netloc == parts.netloc and query == parts.query:
+    # A token in the fragment (#access_token=... of an OAuth redirect) is hidden alike.
+    fragment = "&".join(_redact_pair(pair) for pair in parts.fragment.split("&"))
+    if (netloc, query, fragment) == (parts.netloc, parts.query, parts.fragment):
         return url
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
 def _redact_pair(pair: str) -> str:
