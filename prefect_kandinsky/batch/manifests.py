@@ -931,6 +931,11 @@ class Manifest(BaseModel):
     rows: list[BatchRow] = Field(description="The rows, in manifest order, all valid.")
     digest: str = Field(description="Hex SHA-256 of the canonical rows (ids and content).")
 
+    def __repr__(self) -> str:
+        # Short: a manifest may hold 100,000 rows, and asyncio or a log may repr it.
+        rows = f"<{len(self.rows)} rows>"
+        return f"Manifest(source={self.source!r}, rows={rows}, digest={self.digest!r})"
+
 
 async def load_manifest(
     manifest: str | os.PathLike[str] | Sequence[VideoRequest | BatchRow | Mapping[str, Any]],
@@ -1037,10 +1042,14 @@ def _read_rows(
 
 
 def _manifest(source: str, rows: list[BatchRow]) -> Manifest:
-    canonical = [{"id": row.id, **row.content()} for row in rows]
-    return Manifest(
-        source=source, rows=rows, digest=hashlib.sha256(_canonical(canonical)).hexdigest()
-    )
+    # The SHA-256 of the canonical JSON list of the rows, hashed row by row: the same bytes
+    # as _canonical(list) without holding them all at once.
+    digest = hashlib.sha256(b"[")
+    for index, row in enumerate(rows):
+        digest.update(b"," if index else b"")
+        digest.update(_canonical({"id": row.id, **row.content()}))
+    digest.update(b"]")
+    return Manifest(source=source, rows=rows, digest=digest.hexdigest())
 
 
 def _item_values(item: object) -> Any:
