@@ -6,10 +6,12 @@ import io
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -787,3 +789,76 @@ async def test_the_input_image_log_line_shows_no_user_info(
 
     assert [f"Input image {redact_url(url)} is a png ({len(PNG)} bytes)"] == caplog.messages
     assert "hunter2" not in caplog.text
+
+
+@pytest.fixture
+def tls_image_host(tmp_path: Any) -> Iterator[tuple[int, ssl.SSLContext]]:
+    """An HTTPS image host on 127.0.0.1 with a certificate for images.test only, and a client
+    TLS context that trusts it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "images.test")])
+    now = datetime.now(timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("images.test")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = _ImageHTTPServer(("127.0.0.1", 0), _Handler)
+    server.host = ImageHost(base_url="unused")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server.server_address[1], ssl.create_default_context(cafile=str(cert_file))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.usefixtures("no_opt_in")
+async def test_a_pinned_https_fetch_still_verifies_the_certificate_of_the_name(
+    tls_image_host: tuple[int, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over HTTPS the pinned request checks the certificate against the URL's name."""
+    port, trust = tls_image_host
+    real = anyio.getaddrinfo
+
+    async def resolver(host: Any, port: Any, **kwargs: Any) -> Any:
+        loopback = host in ("images.test", "other.test")
+        return await real("127.0.0.1" if loopback else host, port, **kwargs)
+
+    monkeypatch.setattr(anyio, "getaddrinfo", resolver)
+    async with httpx.AsyncClient(verify=trust) as client:
+        image = await check_image(
+            f"https://images.test:{port}/image.png", client=client, gateway_url=LOOPBACK_GATEWAY
+        )
+        with pytest.raises(KandinskyImageError, match="certificate is not valid for 'other.test'"):
+            await check_image(
+                f"https://other.test:{port}/image.png", client=client, gateway_url=LOOPBACK_GATEWAY
+            )
+
+    assert "png" == image.kind
