@@ -655,6 +655,8 @@ async def test_the_parameter_allows_a_private_image_host(image_host: ImageHost) 
         ("240.0.0.1", "a reserved address"),
         ("0.0.0.0", "an unspecified address"),
         ("[::ffff:169.254.169.254]", "a cloud metadata address"),
+        ("[64:ff9b::a9fe:a9fe]", "a cloud metadata address"),
+        ("[2002:a9fe:a9fe::1]", "a cloud metadata address"),
     ],
 )
 async def test_metadata_and_link_local_addresses_are_refused_even_with_the_opt_in(

@@ -97,9 +97,8 @@ class AddressPolicy:
         """The policy of the image check: the parameter, else the environment variable;
         loopback allowed when ``gateway_url`` is on loopback."""
         if allow_private_images is None:
-            allow_private_images = os.environ.get(ALLOW_PRIVATE_IMAGES_ENV, "").strip().lower() in (
-                _TRUE
-            )
+            setting = os.environ.get(ALLOW_PRIVATE_IMAGES_ENV, "")
+            allow_private_images = setting.strip().lower() in _TRUE
         return cls(
             allow_private=allow_private_images,
             allow_loopback=gateway_url is not None and is_loopback_url(gateway_url),
@@ -107,8 +106,7 @@ class AddressPolicy:
 
     def refusal(self, address: IPAddress) -> tuple[str, bool] | None:
         """Why ``address`` is refused (its kind, and whether the opt-in would allow it), or None."""
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
+        address = embedded_ipv4(address)
         if address in METADATA_ADDRESSES:
             return "a cloud metadata address", False
         if address.is_unspecified:
@@ -126,6 +124,25 @@ class AddressPolicy:
         if not address.is_global:
             return None if self.allow_private else ("a private address", True)
         return None
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def embedded_ipv4(address: IPAddress) -> IPAddress:
+    """The IPv4 address an IPv6 one carries (mapped, NAT64, 6to4, Teredo), judged in its place;
+    else ``address`` itself."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return address
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    return address
 
 
 def is_loopback_url(url: str) -> bool:
