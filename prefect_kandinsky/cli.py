@@ -231,15 +231,18 @@ def _image_url(image: str, server: Any) -> str:
         )
     if not path.is_file():
         raise UsageError(f"--image {image!r}: no such file")
-    url: str = server.upload(path.read_bytes(), content_type=_content_type(path))
+    from prefect_kandinsky.media.images import IMAGE_SNIFF_BYTES, sniff_image_kind
+
+    data = path.read_bytes()
+    kind = sniff_image_kind(data[:IMAGE_SNIFF_BYTES])
+    if kind is None:
+        # Only images go to the emulator's CDN, and the file's bytes are never shown.
+        raise UsageError(
+            f"--image {image!r} is not an image ({len(data)} bytes of something else): "
+            "give a PNG, JPEG or WebP file"
+        )
+    url: str = server.upload(data, content_type=f"image/{kind}")
     return url
-
-
-def _content_type(path: Path) -> str:
-    suffix = path.suffix.lower().lstrip(".")
-    return {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}.get(
-        suffix, "image/png"
-    )
 
 
 def _request(**fields: Any) -> VideoRequest:
@@ -274,12 +277,12 @@ def _credentials(args: argparse.Namespace, server: Any) -> KandinskyCredentials:
     return KandinskyCredentials.from_env()
 
 
-def _check_image(url: str) -> None:
+def _check_image(url: str, credentials: KandinskyCredentials) -> None:
     from prefect_kandinsky.gateway.exceptions import KandinskyImageError
     from prefect_kandinsky.media.images import check_image
 
     try:
-        asyncio.run(check_image(url))
+        asyncio.run(check_image(url, gateway_url=credentials.base_url))
     except KandinskyImageError as exc:
         raise UsageError(f"{exc} (or pass --no-check-image)") from exc
 
@@ -519,7 +522,7 @@ def _generate(args: argparse.Namespace) -> int:
         )
         credentials = _credentials(args, server)
         if args.check_image:
-            _check_image(request.image_url)
+            _check_image(request.image_url, credentials)
         state = _run_flow(
             args.verbose,
             prompt=request.prompt,
@@ -640,7 +643,7 @@ def _check_batch(parameters: dict[str, Any]) -> int:
     """
     from prefect_kandinsky.batch.flows import check_batch
     from prefect_kandinsky.batch.lease import KandinskyBatchBusyError
-    from prefect_kandinsky.blocks import load_destination
+    from prefect_kandinsky.blocks import load_credentials, load_destination
     from prefect_kandinsky.gateway.exceptions import KandinskyBudgetError, KandinskyManifestError
 
     names = (
@@ -657,9 +660,11 @@ def _check_batch(parameters: dict[str, Any]) -> int:
 
     async def check() -> int:
         destination = await load_destination(parameters["destination"])
+        credentials = await load_credentials(parameters.get("credentials"))
         plan = await check_batch(
             parameters["rows"],
             destination=destination,
+            gateway_url=credentials.base_url,
             **{name: parameters[name] for name in names if parameters.get(name) is not None},
         )
         return len(plan.keyed)

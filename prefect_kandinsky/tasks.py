@@ -64,6 +64,7 @@ from prefect_kandinsky.gateway.models import (
     gateway_timings,
 )
 from prefect_kandinsky.media.images import check_image as check_input_image
+from prefect_kandinsky.media.images import redact_url
 from prefect_kandinsky.media.storage import Destination, destination_key, persist_media
 from prefect_kandinsky.progress import StatusRead, report
 
@@ -249,12 +250,12 @@ def _persist_run_name() -> str:
 # -- tasks -------------------------------------------------------------------------------
 
 
-async def _checked_input(url: str, logger: Any) -> str | None:
+async def _checked_input(url: str, logger: Any, gateway_url: str) -> str | None:
     """Check the input image before paying; return its thumbnail as a data: URI, if any."""
-    checked = await check_input_image(url, read_content=True)
+    checked = await check_input_image(url, read_content=True, gateway_url=gateway_url)
     logger.info(
         "Input image %s is a %s (%s bytes)",
-        url.split("?", 1)[0],
+        redact_url(url),
         checked.kind,
         checked.size_bytes if checked.size_bytes is not None else "unknown",
     )
@@ -375,7 +376,7 @@ async def submit_video(
     logger = get_run_logger()
     if webhook_base_url is not None:
         webhook_url = _callback_url(webhook_base_url, webhook_url, creds)
-    preview = await _checked_input(video.image_url, logger) if check_image else None
+    preview = await _checked_input(video.image_url, logger, creds.base_url) if check_image else None
     logger.info(
         "Submitting %s %s video (estimated cost %s)",
         video.resolution,

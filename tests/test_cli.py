@@ -86,6 +86,21 @@ def test_generate_animates_a_local_file_on_the_emulator(
     assert "Cost:        unknown" in out
 
 
+def test_a_local_file_that_is_not_an_image_is_not_uploaded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --emulator, a local file that is no image is refused in one line, never shown."""
+    secret = tmp_path / "id_rsa.png"
+    secret.write_bytes(b"-----BEGIN OPENSSH PRIVATE KEY-----\n")
+
+    code = cli.main(["generate", "--prompt", "p", "--image", str(secret), "--emulator"])
+
+    err = capsys.readouterr().err
+    assert 2 == code
+    assert f"--image {str(secret)!r} is not an image (36 bytes of something else)" in err
+    assert "BEGIN" not in err
+
+
 def test_local_image_needs_the_emulator(capsys: pytest.CaptureFixture[str]) -> None:
     """A local file cannot go to the real gateway; one line says what to do."""
     code = cli.main(["generate", "--prompt", "p", "--image", str(SAMPLE_IMAGE_PATH)])

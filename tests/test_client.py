@@ -7,7 +7,10 @@ import gzip
 import hashlib
 import logging
 import pickle
-from collections.abc import AsyncIterator
+import threading
+import tracemalloc
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -683,3 +686,105 @@ async def test_a_wait_whose_status_reads_keep_failing_ends_at_its_deadline(
         await client.wait(job.request_id, timeout=60, poll_interval=1, max_poll_interval=8)
     assert job.request_id == caught.value.request_id
     assert 60.0 <= fake_time.now < 61.0
+
+
+# -- size caps ---------------------------------------------------------------------------------
+
+HUGE = 400 * 1024 * 1024
+
+
+class _Flood(BaseHTTPRequestHandler):
+    """Answers every GET with up to 400 MB: declared (``/declared/...``) or not."""
+
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if self.path.startswith("/declared/"):
+            self.send_header("Content-Length", str(HUGE))
+        self.end_headers()
+        block = b"[" + b" " * 65_534 if self.path.endswith("status/abc") else b"\0" * 65_535
+        total = 0
+        try:
+            while total < HUGE:
+                self.wfile.write(block)
+                total += len(block)
+        except OSError:
+            pass  # the client stopped reading
+
+
+@pytest.fixture
+def flood() -> Iterator[str]:
+    """A host on 127.0.0.1 whose answers are 400 MB long."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flood)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("prefix", ["", "/declared"], ids=["no-length", "declared-length"])
+async def test_a_huge_status_answer_is_refused_without_reading_it_whole(
+    flood: str, prefix: str
+) -> None:
+    """A 400 MB status body stops at max_response_bytes with an error naming the way out."""
+    base_url = flood
+    tracemalloc.start()
+    try:
+        async with KandinskyClient(api_key="k", base_url=base_url + prefix, max_retries=0) as c:
+            with pytest.raises(
+                KandinskyServerError,
+                match=r"^The gateway's answer to the status read of abc \(200\) is larger than "
+                r"max_response_bytes=1048576 and was not read: raise "
+                r"KandinskyClient\(max_response_bytes=\.\.\.\)",
+            ):
+                await c.get_status("abc")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 16 * 1024 * 1024, f"peak {peak} bytes"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "what"),
+    [("", "goes on past 1000000 bytes"), ("/declared", f"declares {HUGE} bytes")],
+    ids=["no-length", "declared-length"],
+)
+async def test_a_media_download_stops_at_its_size_cap(flood: str, prefix: str, what: str) -> None:
+    """A media answer over max_bytes stops with an error naming the limit and how to raise it."""
+    base_url = flood
+    async with KandinskyClient(api_key=None, max_retries=0) as client:
+        with pytest.raises(
+            KandinskyMediaError,
+            match=rf"^Download of {base_url}{prefix}/v.mp4 for kandinsky-1 {what}, over the "
+            r"limit of 1000000 bytes; it was stopped: raise max_media_bytes \(or set "
+            r"KANDINSKY_MAX_MEDIA_BYTES\) if the video is this large$",
+        ):
+            async with client.open_media(
+                f"{base_url}{prefix}/v.mp4", request_id="kandinsky-1", max_bytes=1_000_000
+            ) as media:
+                async for _ in media.chunks():
+                    pass
+
+
+async def test_the_media_cap_comes_from_the_environment(
+    flood: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KANDINSKY_MAX_MEDIA_BYTES sets the cap when no max_bytes is given."""
+    base_url = flood
+    monkeypatch.setenv("KANDINSKY_MAX_MEDIA_BYTES", "5000")
+    async with KandinskyClient(api_key=None, max_retries=0) as client:
+        with pytest.raises(KandinskyMediaError, match="over the limit of 5000 bytes"):
+            async with client.open_media(f"{base_url}/declared/v.mp4") as media:
+                async for _ in media.chunks():
+                    pass

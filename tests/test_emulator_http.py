@@ -590,7 +590,9 @@ def test_sequential_submits_are_one_in_flight_at_a_time(
 def test_admin_routes_round_trip_stalls_latency_and_stats(emulator: EmulatorServer) -> None:
     """Out of process, a stall fault, the submit latency and the stats travel as JSON."""
     stall = {"route": "submit", "action": "stall", "after_queue": True, "stall_seconds": 0.5}
-    with httpx.Client(base_url=emulator.base_url, timeout=10) as admin:
+    with httpx.Client(
+        base_url=emulator.base_url, headers={KEY_HEADER: emulator.api_key}, timeout=10
+    ) as admin:
         faults = admin.post("/_emulator/faults", json=stall).json()["faults"]
         config = admin.put("/_emulator/config", json={"submit_latency_seconds": 0.25}).json()
         stats = admin.get("/_emulator/stats").json()
@@ -767,13 +769,15 @@ def test_uploaded_image_is_served_by_the_cdn_and_animated(
 
 
 def test_upload_must_be_an_image(gateway: httpx.Client) -> None:
-    """The upload route refuses non-image content types with 400."""
-    response = gateway.post(
+    """The upload route refuses non-image content types: 415 for a form's, 400 for others."""
+    plain = gateway.post(
         "/_emulator/uploads", content=b"hello", headers={"Content-Type": "text/plain"}
     )
+    json_body = gateway.post("/_emulator/uploads", json={"hello": 1})
 
-    assert 400 == response.status_code
-    assert "image/" in response.json()["message"]
+    assert (415, 400) == (plain.status_code, json_body.status_code)
+    assert "image/" in plain.json()["message"]
+    assert "image/" in json_body.json()["message"]
 
 
 def test_unfetchable_image_fails_the_job_with_a_clear_error(
@@ -813,7 +817,9 @@ def test_missing_cdn_image_fails_the_job_with_404(
 
 def test_admin_routes_drive_a_manual_job(emulator: EmulatorServer, cdn: httpx.Client) -> None:
     """Out of process, the admin routes set timings, plan faults and step a job."""
-    with httpx.Client(base_url=emulator.base_url, timeout=10) as admin:
+    with httpx.Client(
+        base_url=emulator.base_url, headers={KEY_HEADER: emulator.api_key}, timeout=10
+    ) as admin:
         config = admin.put("/_emulator/config", json={"manual": True, "queue_seconds": 0})
         assert (200, True) == (config.status_code, config.json()["manual"])
         faults = admin.post(
@@ -864,7 +870,7 @@ def test_admin_routes_drive_a_manual_job(emulator: EmulatorServer, cdn: httpx.Cl
 
 def test_admin_routes_reject_bad_input_with_400(emulator: EmulatorServer) -> None:
     """Bad fault specs, settings and outcomes answer 400 with a message."""
-    with httpx.Client(base_url=emulator.base_url) as admin:
+    with httpx.Client(base_url=emulator.base_url, headers={KEY_HEADER: emulator.api_key}) as admin:
         fault = admin.post("/_emulator/faults", json={"route": "teapot"})
         setting = admin.put("/_emulator/config", json={"queue_seconds": "soon"})
         unknown = admin.put("/_emulator/config", json={"colour": "red"})
@@ -1021,3 +1027,51 @@ def test_cli_sets_a_webhook_ca_file_that_must_exist(tmp_path: Any) -> None:
     assert config_from_args(parser.parse_args([])).webhook_ca_file is None
     with pytest.raises(ValueError, match="webhook_ca_file must name a PEM file.*missing.pem"):
         EmulatorConfig(webhook_ca_file=str(tmp_path / "missing.pem"))
+
+
+# -- admin routes are not open to any local page or process ------------------------------------
+
+
+def test_admin_routes_need_the_key(emulator: EmulatorServer) -> None:
+    """Without the key, no admin route answers (the config holds the keys); health does."""
+    with httpx.Client(base_url=emulator.base_url, timeout=10) as anyone:
+        config = anyone.get("/_emulator/config")
+        replaced = anyone.put("/_emulator/config", json={"api_keys": ["mine"]})
+        outcome = anyone.post("/_emulator/outcomes", json={"status": "FAILED", "error": "x"})
+        health = anyone.get("/_emulator/health")
+
+    assert (401, 401, 401, 200) == tuple(r.status_code for r in (config, replaced, outcome, health))
+    assert config.json()["message"].startswith(
+        "The emulator's admin routes need its key: send the Ocp-Apim-Subscription-Key header"
+    )
+    assert emulator.api_key not in config.text
+    assert emulator.api_key in emulator.state.config.api_keys
+    assert [] == emulator.state.planned_outcomes
+
+
+def test_admin_routes_refuse_what_a_cross_site_page_can_send(emulator: EmulatorServer) -> None:
+    """A text/plain or form body (no CORS preflight) and a cross-site fetch are refused."""
+    with httpx.Client(
+        base_url=emulator.base_url, headers={KEY_HEADER: emulator.api_key}, timeout=10
+    ) as admin:
+        plain = admin.put(
+            "/_emulator/config",
+            content=b'{"api_keys": ["mine"]}',
+            headers={"Content-Type": "text/plain"},
+        )
+        form = admin.post(
+            "/_emulator/outcomes",
+            content=b"status=FAILED",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        cross_site = admin.post(
+            "/_emulator/outcomes",
+            json={"status": "FAILED", "error": "x"},
+            headers={"Sec-Fetch-Site": "cross-site"},
+        )
+
+    assert (415, 415, 403) == (plain.status_code, form.status_code, cross_site.status_code)
+    assert "send Content-Type: application/json" in plain.json()["message"]
+    assert "refuse requests sent by a page of another site" in cross_site.json()["message"]
+    assert emulator.api_key in emulator.state.config.api_keys
+    assert [] == emulator.state.planned_outcomes

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +23,7 @@ from PIL import Image
 
 from prefect_kandinsky.assets import sample_image_bytes
 from prefect_kandinsky.gateway.exceptions import KandinskyImageError
+from prefect_kandinsky.media.addresses import ALLOW_PRIVATE_IMAGES_ENV
 from prefect_kandinsky.media.images import CheckedImage, check_image, check_images, redact_url
 
 PNG = sample_image_bytes()
@@ -134,6 +138,10 @@ ROUTES: dict[str, Any] = {
         302, None, b"", headers={"Location": "/image.png", "Set-Cookie": "session=s3cr3t; Path=/"}
     ),
     "/loop.png": lambda h: h._send(302, None, b"", headers={"Location": "/loop.png"}),
+    "/to-metadata.png": lambda h: h._send(
+        302, None, b"", headers={"Location": "http://169.254.169.254/latest/meta-data/"}
+    ),
+    "/secret.txt": lambda h: h._send(200, "text/plain", b"prod-admin-role-7Q2x"),
     "/octet.png": lambda h: h._send(200, "binary/octet-stream", PNG),
     "/empty.png": lambda h: h._send(200, "image/png", b""),
     "/vector.svg": lambda h: h._send(
@@ -170,6 +178,18 @@ def image_host() -> Iterator[ImageHost]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture(autouse=True)
+def private_images_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image host of these tests is on 127.0.0.1: allowed through the opt-in."""
+    monkeypatch.setenv(ALLOW_PRIVATE_IMAGES_ENV, "1")
+
+
+@pytest.fixture
+def no_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No opt-in for private image hosts, as on a worker by default."""
+    monkeypatch.delenv(ALLOW_PRIVATE_IMAGES_ENV, raising=False)
 
 
 @pytest.fixture
@@ -252,9 +272,7 @@ async def test_every_image_kind_is_recognised_and_a_video_is_not(image_host: Ima
     assert {kind: kind for kind in KINDS if kind != "mp4"} == kinds
     video = outcomes[image_host.url("/kinds/mp4")]
     assert isinstance(video, KandinskyImageError)
-    assert "with application/octet-stream, not an image (starts with bytes 00 00 00 20" in str(
-        video
-    )
+    assert "with application/octet-stream (32 bytes), not an image: check the URL" in str(video)
 
 
 async def test_the_emulator_sample_image_passes_without_the_key(kandinsky_emulator: Any) -> None:
@@ -306,7 +324,7 @@ async def test_an_html_page_fails_as_not_an_image(image_host: ImageHost) -> None
 
     with pytest.raises(
         KandinskyImageError,
-        match=rf"^image_url {url} answered 200 with text/html, not an image "
+        match=rf"^image_url {url} answered 200 with text/html \({len(HTML)} bytes\), not an image "
         r"\(a login or error page\?\): check the URL points at the image file itself "
         r"\(nothing was submitted\)$",
     ) as caught:
@@ -315,7 +333,7 @@ async def test_an_html_page_fails_as_not_an_image(image_host: ImageHost) -> None
     assert "text/html; charset=utf-8" == caught.value.content_type
 
 
-async def test_html_labelled_image_png_fails_showing_its_first_bytes(
+async def test_html_labelled_image_png_fails_on_its_bytes(
     image_host: ImageHost,
 ) -> None:
     """An image/png header on an HTML body fails: the bytes decide, not the header."""
@@ -323,8 +341,8 @@ async def test_html_labelled_image_png_fails_showing_its_first_bytes(
 
     with pytest.raises(
         KandinskyImageError,
-        match=rf"^image_url {url} answered 200 with image/png but the bytes are not an image "
-        r"\(starts with '<!DOCTYPE html",
+        match=rf"^image_url {url} answered 200 with image/png \({len(HTML)} bytes\) but the "
+        r"bytes are not an image: check the URL",
     ):
         await check_image(url, read_content=True)
 
@@ -336,14 +354,14 @@ async def test_other_bodies_that_are_not_images_fail(image_host: ImageHost) -> N
     )
 
     assert [
-        f"image_url {image_host.url('/data.json')} answered 200 with application/json, not an "
-        'image (starts with \'{"error": "no such i\'): check the URL points at the image file '
-        "itself (nothing was submitted)",
-        f"image_url {image_host.url('/empty.png')} answered 200 with image/png but an empty "
-        "body, not an image: check the URL points at the image file itself (nothing was "
+        f"image_url {image_host.url('/data.json')} answered 200 with application/json (26 "
+        "bytes), not an image: check the URL points at the image file itself (nothing was "
         "submitted)",
-        f"image_url {image_host.url('/vector.svg')} answered 200 with image/svg+xml, a vector "
-        "image: pass a raster image (PNG, JPEG or WebP) instead (nothing was submitted)",
+        f"image_url {image_host.url('/empty.png')} answered 200 with image/png (0 bytes) but an "
+        "empty body, not an image: check the URL points at the image file itself (nothing was "
+        "submitted)",
+        f"image_url {image_host.url('/vector.svg')} answered 200 with image/svg+xml (62 bytes), "
+        "a vector image: pass a raster image (PNG, JPEG or WebP) instead (nothing was submitted)",
     ] == [str(outcome) for outcome in outcomes.values()]
 
 
@@ -559,3 +577,290 @@ async def test_check_images_keeps_open_sockets_within_the_concurrency(
     assert 150 == sum(isinstance(outcome, CheckedImage) for outcome in outcomes.values())
     # Each connection is two descriptors in this process (client and server thread).
     assert peak - baseline <= 2 * 4 + 8
+
+
+# -- the worker's own network ---------------------------------------------------------------
+
+LOOPBACK_GATEWAY = "http://127.0.0.1:8080"
+REFUSED_LOOPBACK = (
+    r"is refused: its host resolves to a loopback address, which the worker does not fetch "
+    r"from: host the image on a public address, or allow private image hosts with "
+    r"allow_private_images=True or KANDINSKY_ALLOW_PRIVATE_IMAGES=1 \(nothing was submitted\)$"
+)
+
+
+@pytest.mark.usefixtures("no_opt_in")
+async def test_a_loopback_image_host_is_refused_naming_both_opt_ins(image_host: ImageHost) -> None:
+    """An image on the worker's loopback is refused before any request, naming the opt-ins."""
+    url = image_host.url("/never-fetched.png")
+
+    with pytest.raises(KandinskyImageError, match=rf"^image_url {url} {REFUSED_LOOPBACK}"):
+        await check_image(url)
+
+    assert [] == image_host.seen("/never-fetched.png")
+
+
+@pytest.mark.usefixtures("no_opt_in")
+async def test_a_refused_host_looks_the_same_whatever_answers_there(
+    image_host: ImageHost, closed_port: int
+) -> None:
+    """A closed port, a 404, a non-image and an image on loopback give one refusal: no scanner."""
+    urls = {
+        "closed": f"http://127.0.0.1:{closed_port}/x",
+        "404": image_host.url("/nothing-here"),
+        "json": image_host.url("/data.json"),
+        "image": image_host.url("/image.png"),
+    }
+
+    outcomes = await check_images(urls.values())
+
+    assert {f"image_url URL {REFUSED_LOOPBACK}".replace("\\", "")[:-1]} == {
+        str(outcomes[url]).replace(url, "URL") for url in urls.values()
+    }
+
+
+@pytest.mark.usefixtures("no_opt_in")
+async def test_a_name_is_judged_by_the_addresses_it_resolves_to(image_host: ImageHost) -> None:
+    """localhost is refused like 127.0.0.1: the decision is made after DNS resolution."""
+    url = image_host.url("/image.png").replace("127.0.0.1", "localhost")
+
+    with pytest.raises(KandinskyImageError, match=rf"^image_url {url} {REFUSED_LOOPBACK}"):
+        await check_image(url)
+
+
+@pytest.mark.usefixtures("no_opt_in")
+async def test_a_loopback_gateway_allows_loopback_images(image_host: ImageHost) -> None:
+    """With the gateway itself on loopback (the emulator), a loopback image passes."""
+    image = await check_image(image_host.url("/image.png"), gateway_url=LOOPBACK_GATEWAY)
+
+    assert "png" == image.kind
+
+
+@pytest.mark.usefixtures("no_opt_in")
+async def test_the_parameter_allows_a_private_image_host(image_host: ImageHost) -> None:
+    """allow_private_images=True lets a loopback image host pass."""
+    image = await check_image(image_host.url("/image.png"), allow_private_images=True)
+
+    assert "png" == image.kind
+
+
+@pytest.mark.parametrize(
+    ("host", "kind"),
+    [
+        ("169.254.169.254", "a cloud metadata address"),
+        ("[fd00:ec2::254]", "a cloud metadata address"),
+        ("169.254.10.1", "a link-local address"),
+        ("[fe80::1]", "a link-local address"),
+        ("224.0.0.1", "a multicast address"),
+        ("240.0.0.1", "a reserved address"),
+        ("0.0.0.0", "an unspecified address"),
+        ("[::ffff:169.254.169.254]", "a cloud metadata address"),
+        ("[64:ff9b::a9fe:a9fe]", "a cloud metadata address"),
+        ("[2002:a9fe:a9fe::1]", "a cloud metadata address"),
+    ],
+)
+async def test_metadata_and_link_local_addresses_are_refused_even_with_the_opt_in(
+    host: str, kind: str
+) -> None:
+    """Metadata, link-local, multicast, reserved and unspecified addresses are never fetched."""
+    url = f"http://{host}/latest/meta-data/iam/security-credentials/"
+
+    with pytest.raises(
+        KandinskyImageError,
+        match=rf"resolves to {kind}, which the worker does not fetch from: host the image on a "
+        r"public address; this kind is never fetched",
+    ):
+        await check_image(url, allow_private_images=True, gateway_url=LOOPBACK_GATEWAY)
+
+
+@pytest.mark.parametrize("host", ["10.1.2.3", "192.168.0.10", "100.64.0.1", "[fd12::1]"])
+@pytest.mark.usefixtures("no_opt_in")
+async def test_private_addresses_are_refused_without_the_opt_in(host: str) -> None:
+    """RFC 1918, shared and unique local addresses are refused, even with a loopback gateway."""
+    url = f"http://{host}/image.png"
+
+    with pytest.raises(
+        KandinskyImageError,
+        match=r"resolves to a private address, .* allow_private_images=True or "
+        r"KANDINSKY_ALLOW_PRIVATE_IMAGES=1",
+    ):
+        await check_image(url, gateway_url=LOOPBACK_GATEWAY)
+
+
+@pytest.mark.usefixtures("no_opt_in")
+async def test_a_redirect_to_a_refused_address_is_refused(image_host: ImageHost) -> None:
+    """Every redirect is judged again: an allowed host redirecting to metadata is refused."""
+    url = image_host.url("/to-metadata.png")
+
+    with pytest.raises(
+        KandinskyImageError,
+        match=rf"^image_url {url} is refused: its host \(after a redirect\) resolves to a cloud "
+        r"metadata address",
+    ) as caught:
+        await check_image(url, gateway_url=LOOPBACK_GATEWAY)
+
+    assert "169.254" not in str(caught.value)
+
+
+@pytest.mark.usefixtures("no_opt_in")
+async def test_the_fetch_goes_to_the_address_that_was_checked(
+    image_host: ImageHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check resolves a name once and connects to that address, sending the name as Host."""
+    real = anyio.getaddrinfo
+    lookups: list[str] = []
+
+    async def resolver(host: Any, port: Any, **kwargs: Any) -> Any:
+        lookups.append(str(host))
+        if host == "images.rebind.test":
+            return await real("127.0.0.1", port, **kwargs)
+        return await real(host, port, **kwargs)
+
+    monkeypatch.setattr(anyio, "getaddrinfo", resolver)
+    port = urlsplit(image_host.base_url).port
+    url = f"http://images.rebind.test:{port}/photo.jpg"
+
+    image = await check_image(url, gateway_url=LOOPBACK_GATEWAY)
+
+    assert ("jpeg", ["images.rebind.test"]) == (image.kind, lookups[:1])
+    assert 1 == lookups.count("images.rebind.test")
+    assert f"images.rebind.test:{port}" == image_host.seen("/photo.jpg")[-1]["host"]
+
+
+async def test_errors_never_quote_the_body(image_host: ImageHost) -> None:
+    """A body that is not an image is described by status, type and size, never quoted."""
+    outcomes = await check_images([image_host.url("/secret.txt"), image_host.url("/fake.png")])
+
+    assert [
+        f"image_url {image_host.url('/secret.txt')} answered 200 with text/plain (20 bytes), "
+        "not an image: check the URL points at the image file itself (nothing was submitted)",
+        f"image_url {image_host.url('/fake.png')} answered 200 with image/png ({len(HTML)} "
+        "bytes) but the bytes are not an image: check the URL points at the image file itself "
+        "(nothing was submitted)",
+    ] == [str(outcome) for outcome in outcomes.values()]
+
+
+# -- secrets in URLs ----------------------------------------------------------------------------
+
+
+def test_redact_url_hides_user_info_signatures_and_tokens() -> None:
+    """User info, signature and token parameters (query and fragment) are hidden, the rest kept."""
+    url = (
+        "https://alice:hunter2@b.s3.amazonaws.com/in/a.png?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Credential=AKIA%2F20261207&X-Amz-Signature=9f2c&X-Amz-Security-Token=FQo"
+        "&sig=az&token=t0k&Signature=cf&api_key=k3y#access_token=jwt"
+    )
+
+    assert (
+        "https://REDACTED@b.s3.amazonaws.com/in/a.png?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED&X-Amz-Security-Token=REDACTED"
+        "&sig=REDACTED&token=REDACTED&Signature=REDACTED&api_key=REDACTED"
+        "#access_token=REDACTED"
+    ) == redact_url(url)
+    assert "<a URL that cannot be parsed, REDACTED>" == redact_url("http://[user:pw@host/a.png")
+
+
+async def test_the_check_never_shows_credentials_of_the_url(
+    image_host: ImageHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    """User info and a signature in image_url appear neither in the error nor in the logs."""
+    url = image_host.url("/page.html?X-Amz-Signature=s3cr3tsig").replace(
+        "http://", "http://alice:hunter2@"
+    )
+    caplog.set_level("DEBUG", logger="prefect_kandinsky")
+
+    with pytest.raises(KandinskyImageError) as caught:
+        await check_image(url)
+    await check_image(image_host.url("/image.png?sig=s3cr3tsig"))
+
+    shown = str(caught.value) + caught.value.url + caplog.text
+    assert [] == [secret for secret in ("hunter2", "s3cr3tsig") if secret in shown]
+
+
+async def test_the_input_image_log_line_shows_no_user_info(
+    image_host: ImageHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The task's "Input image ..." log line redacts user info and signatures."""
+    from prefect_kandinsky.tasks import _checked_input
+
+    url = image_host.url("/image.png?sig=s3cr3tsig").replace("http://", "http://alice:hunter2@")
+    logger = logging.getLogger("test-input-image")
+    caplog.set_level("INFO", logger="test-input-image")
+
+    await _checked_input(url, logger, LOOPBACK_GATEWAY)
+
+    assert [f"Input image {redact_url(url)} is a png ({len(PNG)} bytes)"] == caplog.messages
+    assert "hunter2" not in caplog.text
+
+
+@pytest.fixture
+def tls_image_host(tmp_path: Any) -> Iterator[tuple[int, ssl.SSLContext]]:
+    """An HTTPS image host on 127.0.0.1 with a certificate for images.test only, and a client
+    TLS context that trusts it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "images.test")])
+    now = datetime.now(timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("images.test")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = _ImageHTTPServer(("127.0.0.1", 0), _Handler)
+    server.host = ImageHost(base_url="unused")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server.server_address[1], ssl.create_default_context(cafile=str(cert_file))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.usefixtures("no_opt_in")
+async def test_a_pinned_https_fetch_still_verifies_the_certificate_of_the_name(
+    tls_image_host: tuple[int, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over HTTPS the pinned request checks the certificate against the URL's name."""
+    port, trust = tls_image_host
+    real = anyio.getaddrinfo
+
+    async def resolver(host: Any, port: Any, **kwargs: Any) -> Any:
+        loopback = host in ("images.test", "other.test")
+        return await real("127.0.0.1" if loopback else host, port, **kwargs)
+
+    monkeypatch.setattr(anyio, "getaddrinfo", resolver)
+    async with httpx.AsyncClient(verify=trust) as client:
+        image = await check_image(
+            f"https://images.test:{port}/image.png", client=client, gateway_url=LOOPBACK_GATEWAY
+        )
+        with pytest.raises(KandinskyImageError, match="certificate is not valid for 'other.test'"):
+            await check_image(
+                f"https://other.test:{port}/image.png", client=client, gateway_url=LOOPBACK_GATEWAY
+            )
+
+    assert "png" == image.kind

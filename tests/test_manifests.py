@@ -13,6 +13,7 @@ import pytest
 from prefect.blocks.core import Block
 from prefect.filesystems import LocalFileSystem
 
+from prefect_kandinsky.assets import sample_image_bytes
 from prefect_kandinsky.batch.manifests import (
     BatchRow,
     Manifest,
@@ -50,10 +51,70 @@ def _rows(*prompts: str, **extra: Any) -> list[dict[str, Any]]:
 # -- reading and validating ------------------------------------------------------------------
 
 
+async def test_local_images_outside_the_manifest_folder_are_row_problems(tmp_path: Path) -> None:
+    """Absolute, ~, ../ and symlinked paths out of the manifest's folder, and non-images, are
+    refused with the other rows' problems, and no file's bytes are shown."""
+    folder = tmp_path / "batch"
+    (folder / "images").mkdir(parents=True)
+    (folder / "images" / "ok.png").write_bytes(sample_image_bytes())
+    secret = tmp_path / "private" / "secret.png"
+    secret.parent.mkdir()
+    secret.write_bytes(b"-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (folder / "images" / "link.png").symlink_to(secret)
+    (folder / "images" / "key.png").write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    manifest = _write(
+        folder / "rows.csv",
+        "id,prompt,image\n"
+        "a,A,images/ok.png\n"  # line 2: fine
+        "b,B,/etc/passwd\n"
+        "c,C,~/.ssh/id_rsa\n"
+        "d,D,../../../../etc/hostname\n"
+        "e,E,../private/secret.png\n"
+        "f,F,images/link.png\n"
+        "g,G,images/key.png\n",
+    )
+
+    with pytest.raises(KandinskyManifestError, match="6 problems in 6 rows") as caught:
+        await load_manifest(manifest)
+
+    assert [3, 4, 5, 6, 7, 8] == [p.line for p in caught.value.problems]
+    messages = [p.message for p in caught.value.problems]
+    assert all(f"is outside {folder}" in m for m in (messages[0], messages[3], messages[4]))
+    assert "does not exist" in messages[1], "~ is not expanded: it is a name in the folder"
+    assert "is not an image (its first bytes are no image format's)" in messages[5]
+    assert "root:x" not in str(caught.value)
+    assert "BEGIN" not in str(caught.value)
+
+
+async def test_image_root_names_the_folder_local_images_may_come_from(tmp_path: Path) -> None:
+    """A caller may name another folder for local images; the row then keeps its real path."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "mug.png").write_bytes(sample_image_bytes())
+    manifest = _write(tmp_path / "batch" / "rows.csv", f"prompt,image\nA,{shared}/mug.png\n")
+
+    with pytest.raises(KandinskyManifestError, match="is outside"):
+        await load_manifest(manifest)
+    loaded = await load_manifest(manifest, image_root=shared)
+
+    assert str(shared / "mug.png") == loaded.rows[0].image
+
+
+async def test_rows_in_memory_keep_local_images_inside_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows given as a parameter read local images from the current directory only."""
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+
+    with pytest.raises(KandinskyManifestError, match=r"line 1: image: image '/etc/hostname' is "):
+        await load_manifest([{"prompt": "A", "image": "/etc/hostname"}])
+
+
 async def test_csv_reports_every_bad_row_in_one_error(tmp_path: Path) -> None:
     """A CSV with five kinds of mistakes raises one error naming each line, field and value."""
     (tmp_path / "images").mkdir()
-    (tmp_path / "images" / "mug.png").write_bytes(b"png")
+    (tmp_path / "images" / "mug.png").write_bytes(sample_image_bytes())
     manifest = _write(
         tmp_path / "catalogue.csv",
         "id,prompt,image,resolution,duration,resolutoin\n"  # line 1
@@ -354,7 +415,7 @@ async def test_relative_image_paths_resolve_against_the_manifest_folder(
     """``images/mug.png`` is read next to the manifest, not from the current directory."""
     image = tmp_path / "batch" / "images" / "mug.png"
     image.parent.mkdir(parents=True)
-    image.write_bytes(b"png")
+    image.write_bytes(sample_image_bytes())
     manifest = _write(tmp_path / "batch" / "run.csv", "prompt,image\nA,images/mug.png\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -527,7 +588,7 @@ async def test_block_manifest_is_read_through_the_block(
     """``local-file-system/<block>/<path>`` loads the block and reads the file through it."""
     folder = tmp_path / "2026-11"
     (folder / "images").mkdir(parents=True)
-    (folder / "images" / "mug.png").write_bytes(b"png")
+    (folder / "images" / "mug.png").write_bytes(sample_image_bytes())
     _write(folder / "catalogue.csv", "id,prompt,image\nsku-1,A,images/mug.png\n")
     loaded_names: list[str] = []
 
@@ -786,3 +847,78 @@ async def test_errors_survive_pickling(tmp_path: Path) -> None:
         budget_copy.estimate,
     )
     assert isinstance(budget_copy.estimate, CostEstimate)
+
+
+# -- bounded reading --------------------------------------------------------------------------
+
+
+async def test_a_manifest_over_the_row_limit_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More rows than max_rows (or KANDINSKY_MAX_MANIFEST_ROWS) is one problem naming both."""
+    lines = "".join(f"sku-{i},Prompt {i},{URL}/{i}.png\n" for i in range(11))
+    manifest = _write(tmp_path / "big.csv", "id,prompt,image\n" + lines)
+
+    with pytest.raises(
+        KandinskyManifestError,
+        match=r"the manifest has more than 10 rows and was not read further; split it into "
+        r"several batches, or raise max_rows \(or KANDINSKY_MAX_MANIFEST_ROWS\)",
+    ):
+        await load_manifest(manifest, max_rows=10)
+    monkeypatch.setenv("KANDINSKY_MAX_MANIFEST_ROWS", "10")
+    with pytest.raises(KandinskyManifestError, match="more than 10 rows"):
+        await load_manifest(manifest)
+
+    assert 11 == len((await load_manifest(manifest, max_rows=11)).rows)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+async def test_a_line_over_the_length_limit_is_a_row_problem(tmp_path: Path, suffix: str) -> None:
+    """A line longer than max_line_chars is reported on its line; the other rows are read."""
+    if suffix == "csv":
+        text = f"prompt,image\nA,{URL}/a.png\n{'B' * 5000},{URL}/b.png\nC,{URL}/c.png\n"
+    else:
+        text = "\n".join(
+            json.dumps({"prompt": prompt, "image": f"{URL}/x.png"}) for prompt in ("A", "B" * 5000)
+        )
+        text += "\n" + json.dumps({"prompt": "C", "image": f"{URL}/c.png", "steps": 99}) + "\n"
+    manifest = _write(tmp_path / f"rows.{suffix}", text)
+
+    with pytest.raises(KandinskyManifestError) as caught:
+        await load_manifest(manifest, max_line_chars=1000)
+
+    problem = caught.value.problems[0]
+    assert (2 if suffix == "jsonl" else 3, None) == (problem.line, problem.value)
+    assert problem.message.startswith("the line is longer than 1000 characters and was not read")
+    assert len(caught.value.problems) == (2 if suffix == "jsonl" else 1)
+
+
+async def test_deeply_nested_json_is_a_row_problem(tmp_path: Path) -> None:
+    """JSON nested 100,000 deep is a row problem, not a RecursionError."""
+    deep = '{"prompt": "A", "image": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    manifest = _write(
+        tmp_path / "rows.jsonl",
+        json.dumps({"prompt": "ok", "image": f"{URL}/a.png"}) + "\n" + deep + "\n",
+    )
+
+    with pytest.raises(KandinskyManifestError) as caught:
+        await load_manifest(manifest, max_line_chars=1_000_000)
+
+    assert [(2, "JSON nested too deeply to read")] == [
+        (p.line, p.message.partition(";")[0]) for p in caught.value.problems
+    ]
+
+
+def test_the_cli_exits_2_on_deep_json_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`batch` on a manifest with too-deep JSON prints the problem and exits 2."""
+    from prefect_kandinsky import cli
+
+    deep = '{"prompt": "A", "image": ' + "[" * 20_000 + "]" * 20_000 + "}\n"
+    manifest = _write(tmp_path / "rows.jsonl", deep)
+
+    assert 2 == cli.main(["batch", str(manifest), "--emulator"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "line 1: JSON nested too deeply to read" in err

@@ -360,10 +360,10 @@ async def test_other_content_is_refused(
 async def test_overwrite_replaces_other_content(
     client: KandinskyClient, media: MediaServer, sample_mp4: bytes, tmp_path: Path
 ) -> None:
-    """overwrite=True replaces a file holding other bytes."""
+    """overwrite=True replaces an earlier video holding other bytes."""
     url = media.add("/v/g", sample_mp4)
     target = tmp_path / "keep.mp4"
-    target.write_bytes(b"an older render")
+    target.write_bytes(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2 an older render")
 
     stored = await persist_media(client, completed(url), target, overwrite=True)
 
@@ -832,3 +832,57 @@ def test_a_directory_created_meanwhile_is_still_a_directory(
     monkeypatch.setattr(Path, "is_dir", created_by_another_row_is_dir)
     plan = storage._plan_local(str(folder), "row-7.mp4")
     assert plan is not None and folder == plan.directory and plan.file is None
+
+
+# -- staying inside the destination --------------------------------------------------------
+
+
+async def test_a_symlink_out_of_the_destination_is_not_followed(
+    client: KandinskyClient, media: MediaServer, sample_mp4: bytes, tmp_path: Path
+) -> None:
+    """A filename through ``out/link -> ../outside`` is refused; nothing is written outside."""
+    url = media.add("/v/link", sample_mp4)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "link").symlink_to(tmp_path / "outside")
+
+    with pytest.raises(
+        ValueError,
+        match=rf"^{tmp_path}/out/link/sub/clip.mp4 leads out of the destination {tmp_path}/out "
+        "through a symbolic link; nothing is written outside the destination",
+    ):
+        await persist_media(client, completed(url), tmp_path / "out", filename="link/sub/clip.mp4")
+
+    assert [] == list((tmp_path / "outside").iterdir())
+
+
+async def test_a_symlink_inside_the_destination_is_followed(
+    client: KandinskyClient, media: MediaServer, sample_mp4: bytes, tmp_path: Path
+) -> None:
+    """A link that stays inside the destination still works."""
+    url = media.add("/v/inner", sample_mp4)
+    (tmp_path / "out" / "real").mkdir(parents=True)
+    (tmp_path / "out" / "alias").symlink_to(tmp_path / "out" / "real")
+
+    await persist_media(client, completed(url), tmp_path / "out", filename="alias/clip.mp4")
+
+    assert sample_mp4 == (tmp_path / "out" / "real" / "clip.mp4").read_bytes()
+
+
+async def test_overwrite_never_replaces_a_file_that_is_not_a_video(
+    client: KandinskyClient, media: MediaServer, sample_mp4: bytes, tmp_path: Path
+) -> None:
+    """A file destination naming a non-video (a config file) is kept even with overwrite=True."""
+    url = media.add("/v/config", sample_mp4)
+    target = tmp_path / "settings.toml"
+    target.write_bytes(b"[database]\npassword = 'x'\n")
+
+    with pytest.raises(
+        KandinskyMediaError,
+        match=rf"^{target} already exists and is not a video, so {REQUEST_ID} does not replace "
+        r"it even with overwrite=True \(which replaces only an earlier video\)",
+    ):
+        await persist_media(client, completed(url), target, overwrite=True)
+
+    assert b"[database]\npassword = 'x'\n" == target.read_bytes()
+    assert [] == leftovers(tmp_path)

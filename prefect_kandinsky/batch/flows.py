@@ -221,6 +221,7 @@ async def generate_videos(
     webhook_base_url: str | None = None,
     webhook_mode: WebhookMode | None = None,
     wait: Literal["poll", "events"] = "poll",
+    image_root: str | None = None,
 ) -> BatchResult:
     """Generate one video per row of a manifest, paying once per row however often it runs.
 
@@ -275,6 +276,10 @@ async def generate_videos(
             run's jobs, reading a row's status when its event comes (and every minute
             anyway): a long render costs a handful of status reads instead of one every 8 s.
 
+        image_root: The folder a row's local image must lie in (symlinks resolved); by
+            default the manifest's folder, or the worker's current directory for rows in
+            memory. A row naming a file elsewhere is refused with the other bad rows.
+
     Returns:
         Every row's record and the batch's spend.
 
@@ -307,7 +312,12 @@ async def generate_videos(
     creds = await load_credentials(credentials)
     target = await load_destination(destination)
     plan = await open_batch(
-        rows, batch_id=batch_id, input_bucket=input_bucket, ledger=ledger, folder=folder
+        rows,
+        batch_id=batch_id,
+        input_bucket=input_bucket,
+        ledger=ledger,
+        folder=folder,
+        image_root=image_root,
     )
     settings = RowSettings(
         max_concurrency=max_concurrency,
@@ -331,6 +341,7 @@ async def generate_videos(
             check_image=check_image,
             wait_timeout_seconds=wait_timeout_seconds,
             overwrite=overwrite,
+            gateway_url=creds.base_url,
         )
         progress = await plan.announce(prepared)
         if chunk_deployment and len(prepared) > chunk_size:
@@ -376,6 +387,8 @@ async def check_batch(
     retry_failed: bool = False,
     resubmit_uncertain: bool = False,
     overwrite: bool = False,
+    image_root: str | None = None,
+    gateway_url: str | None = None,
 ) -> BatchPlan:
     """Every check ``generate_videos`` makes before its first submit, without a flow run.
 
@@ -389,7 +402,12 @@ async def check_batch(
         ValueError: a parameter cannot be used (e.g. an s3:// manifest without a bucket).
     """
     plan = await open_batch(
-        rows, batch_id=batch_id, input_bucket=input_bucket, ledger=ledger, folder=folder
+        rows,
+        batch_id=batch_id,
+        input_bucket=input_bucket,
+        ledger=ledger,
+        folder=folder,
+        image_root=image_root,
     )
     await BatchLease(plan.book).check_free()
     await plan.read_ledger(
@@ -401,6 +419,7 @@ async def check_batch(
         check_image=check_image,
         wait_timeout_seconds=DEFAULT_WAIT_TIMEOUT_SECONDS,
         overwrite=overwrite,
+        gateway_url=gateway_url,
     )
     return plan
 
@@ -465,6 +484,7 @@ class BatchPlan:
         check_image: bool,
         wait_timeout_seconds: float,
         overwrite: bool,
+        gateway_url: str | None = None,
     ) -> list[PreparedRow]:
         """Check every image and target of the rows to submit; every problem at once."""
         report(BatchPhase("checking images"))
@@ -474,6 +494,7 @@ class BatchPlan:
             check=check_image,
             expires_seconds=presign_lifetime(wait_timeout_seconds),
             source=self.manifest.source,
+            gateway_url=gateway_url,
             problems=await target_problems(
                 [row for _, row in self.todo],
                 target,
@@ -510,11 +531,12 @@ async def open_batch(
     input_bucket: S3Bucket | str | None,
     ledger: str | None,
     folder: str | None,
+    image_root: str | None = None,
 ) -> BatchPlan:
     """Read and check the manifest, key its rows and open the batch's ledger."""
     report(BatchPhase("checking rows"))
     bucket = await _load_bucket(input_bucket)
-    manifest = await load_manifest(rows, s3_bucket=bucket)
+    manifest = await load_manifest(rows, s3_bucket=bucket, image_root=image_root)
     if batch_id is None and not isinstance(rows, str) and any(r.id for r in manifest.rows):
         raise ValueError(
             "rows given as a list with an id need a batch_id, which tells this batch's "

@@ -47,6 +47,7 @@ import os
 import posixpath
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from decimal import Decimal
 from functools import cache, partial
 from pathlib import Path
@@ -57,7 +58,13 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
 from prefect_kandinsky.batch.problems import KNOWN_COLUMNS, RowProblem, manifest_error
-from prefect_kandinsky.batch.sources import read_manifest, split_s3_uri
+from prefect_kandinsky.batch.sources import (
+    DEFAULT_MAX_LINE_CHARS,
+    LineOpener,
+    bounded_lines,
+    open_manifest,
+    split_s3_uri,
+)
 from prefect_kandinsky.gateway.models import (
     AccelerationParam,
     DurationText,
@@ -69,6 +76,7 @@ from prefect_kandinsky.gateway.models import (
     invalid_value,
 )
 from prefect_kandinsky.gateway.prices import estimate_cost_usd
+from prefect_kandinsky.media.images import IMAGE_SNIFF_BYTES, sniff_image_kind
 
 __all__ = [
     "KNOWN_COLUMNS",
@@ -86,6 +94,12 @@ __all__ = [
     "split_s3_uri",
     "validate_rows",
 ]
+
+DEFAULT_MAX_MANIFEST_ROWS = 100_000
+"""The most rows a manifest may hold; reading stops past it, so a huge file cannot fill the
+worker's memory (``load_manifest(max_rows=...)`` or :data:`MAX_MANIFEST_ROWS_ENV`)."""
+MAX_MANIFEST_ROWS_ENV = "KANDINSKY_MAX_MANIFEST_ROWS"
+"""Environment variable overriding :data:`DEFAULT_MAX_MANIFEST_ROWS`."""
 
 ImageKind = Literal["url", "s3", "file"]
 ManifestFormat = Literal["csv", "jsonl"]
@@ -134,7 +148,7 @@ def _known_columns_text() -> str:
 def _shown(value: object) -> object:
     """A value as a problem shows it: long text cut, http(s) URLs without their secrets."""
     if isinstance(value, str):
-        if value.strip().lower().startswith(("http://", "https://")):
+        if "://" in value:
             from prefect_kandinsky.media.images import redact_url
 
             value = redact_url(value.strip())
@@ -418,17 +432,33 @@ def parse_manifest(
 def _parse(
     text: str, format: ManifestFormat
 ) -> tuple[list[tuple[int, dict[str, Any]]], list[RowProblem]]:
-    text = text.removeprefix("\ufeff")
-    return _parse_csv(text) if format == "csv" else _parse_jsonl(text)
+    problems: list[RowProblem] = []
+    lines = io.StringIO(text.removeprefix("\ufeff"), newline=_NEWLINE[format])
+    return list(_rows_of(lines, format, problems, set())), problems
+
+
+_NEWLINE: dict[ManifestFormat, str] = {"csv": "", "jsonl": "\n"}
+"""How lines end: the csv module's own rule; JSON lines split on \\n only (a JSON string may
+hold U+2028 and other characters ``str.splitlines`` would break on)."""
+
+
+def _rows_of(
+    lines: Iterable[str], format: ManifestFormat, problems: list[RowProblem], missing: set[str]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The rows of ``lines`` as they are read; problems and missing required columns are
+    added to ``problems`` and ``missing`` on the way."""
+    if format == "csv":
+        return _parse_csv(lines, problems, missing)
+    return _parse_jsonl(lines, problems)
 
 
 def _header_problem(field: str | None, value: object, message: str) -> RowProblem:
     return RowProblem(line=1, field=field, value=value, message=message, scope="header")
 
 
-def _csv_records(text: str) -> Iterator[tuple[int, list[str] | csv.Error]]:
+def _csv_records(lines: Iterable[str]) -> Iterator[tuple[int, list[str] | csv.Error]]:
     """(first line, cells) of each record, or (first line, error) where quoting is broken."""
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader(lines, strict=True)
     previous_end = 0
     while True:
         start = previous_end + 1
@@ -444,13 +474,13 @@ def _csv_records(text: str) -> Iterator[tuple[int, list[str] | csv.Error]]:
         previous_end = reader.line_num
 
 
-def _parse_csv(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[RowProblem]]:
-    problems: list[RowProblem] = []
-    rows: list[tuple[int, dict[str, Any]]] = []
+def _parse_csv(
+    lines: Iterable[str], problems: list[RowProblem], missing: set[str]
+) -> Iterator[tuple[int, dict[str, Any]]]:
     header: list[str | None] | None = None
     header_line = 1
     unnamed_used: dict[int, int] = {}
-    for start, cells in _csv_records(text):
+    for start, cells in _csv_records(lines):
         if isinstance(cells, csv.Error):
             problems.append(
                 RowProblem(
@@ -463,6 +493,7 @@ def _parse_csv(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[RowPro
         if header is None:
             header_line = start
             header = _read_header(cells, problems, start)
+            missing.update(name for name in _REQUIRED if name not in header)
             continue
         if len(cells) > len(header):
             problems.append(
@@ -484,7 +515,7 @@ def _parse_csv(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[RowPro
                     unnamed_used.setdefault(index, start)
                 continue
             values[name] = cell.strip()
-        rows.append((start, values))
+        yield start, values
     for index, line in sorted(unnamed_used.items()):
         problems.append(
             RowProblem(
@@ -496,7 +527,6 @@ def _parse_csv(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[RowPro
                 scope="header",
             )
         )
-    return rows, problems
 
 
 _IGNORED = ""
@@ -570,14 +600,12 @@ def _json_object(pairs: list[tuple[str, Any]]) -> _JsonObject:
     return obj
 
 
-def _parse_jsonl(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[RowProblem]]:
-    problems: list[RowProblem] = []
-    rows: list[tuple[int, dict[str, Any]]] = []
+def _parse_jsonl(
+    lines: Iterable[str], problems: list[RowProblem]
+) -> Iterator[tuple[int, dict[str, Any]]]:
     first = True
-    # Split on \n only: JSON strings may hold U+2028 and other characters str.splitlines
-    # would break on.
-    for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw.rstrip("\r")
+    for number, raw in enumerate(lines, start=1):
+        line = raw.rstrip("\n").rstrip("\r")
         if not line.strip():
             continue
         if first and line.strip().startswith("["):
@@ -590,10 +618,20 @@ def _parse_jsonl(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[RowP
                     scope="manifest",
                 )
             )
-            return [], problems
+            return
         first = False
         try:
             value = json.loads(line, object_pairs_hook=_json_object)
+        except RecursionError:
+            problems.append(
+                RowProblem(
+                    line=number,
+                    value=_shown(line.strip()),
+                    message="JSON nested too deeply to read; a row is one flat object such as "
+                    '{"prompt": "...", "image": "https://..."}',
+                )
+            )
+            continue
         except json.JSONDecodeError as exc:
             problems.append(
                 RowProblem(
@@ -623,8 +661,7 @@ def _parse_jsonl(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[RowP
                     message=f"key {key!r} is given twice in this object; keep one",
                 )
             )
-        rows.append((number, dict(value)))
-    return rows, problems
+        yield number, dict(value)
 
 
 def _json_type(value: object) -> str:
@@ -647,19 +684,24 @@ def validate_rows(
     *,
     base_dir: Path | None = None,
     source: str = "<rows>",
+    image_root: str | os.PathLike[str] | None = None,
 ) -> list[BatchRow]:
     """Check every row, and the rows together, before anything is paid.
 
     Each row is checked like a ``VideoRequest`` (empty values take the default), its image
-    must be an http(s) URL, an ``s3://bucket/key`` URI or an existing local file (a relative
-    path is read from ``base_dir``, else the current directory, and stored absolute). Then:
+    must be an http(s) URL, an ``s3://bucket/key`` URI or an existing local image file (a
+    relative path is read from ``base_dir``, else the current directory, and stored
+    absolute) that lies inside ``image_root``, else ``base_dir``, else the current directory,
+    once symlinks are resolved: a row cannot name any file the worker can read. Then:
     no id twice, no two rows without an id asking for the same video, no two rows writing
     the same ``destination/filename``, and at least one row.
 
     Raises:
         KandinskyManifestError: listing every problem of every row, at once.
     """
-    rows, problems = _validate(raw, base_dir=base_dir, known_missing=frozenset())
+    rows, problems = _validate(
+        raw, base_dir=base_dir, known_missing=frozenset(), image_root=image_root
+    )
     if problems:
         raise manifest_error(source, problems)
     return rows
@@ -669,8 +711,10 @@ def _validate(
     raw: Iterable[tuple[int, Mapping[str, Any]]],
     *,
     base_dir: Path | None,
-    known_missing: frozenset[str],
-    parse_problems: bool = False,
+    known_missing: AbstractSet[str],
+    parse_problems: Sequence[RowProblem] = (),
+    image_root: str | os.PathLike[str] | None = None,
+    max_rows: int | None = None,
 ) -> tuple[list[BatchRow], list[RowProblem]]:
     problems: list[RowProblem] = []
     rows: list[BatchRow] = []
@@ -678,8 +722,12 @@ def _validate(
     count = 0
     # The folder relative image paths are read from: resolved once, for the first of them.
     base = cache(lambda: (base_dir or Path.cwd()).resolve())
+    root = cache(lambda: Path(image_root).resolve() if image_root is not None else base())
     for line, mapping in raw:
         count += 1
+        if max_rows is not None and count > max_rows:
+            problems.append(_too_many_rows(max_rows))
+            break
         values, row_problems = _normalise(line, mapping)
         if not isinstance(mapping, Mapping):
             problems.extend(row_problems)
@@ -699,7 +747,7 @@ def _validate(
             else:
                 ids[row_id] = line
         if "image" in values:
-            values["image"], image_problem = _resolve_image(line, values["image"], base)
+            values["image"], image_problem = _resolve_image(line, values["image"], base, root)
             if image_problem is not None:
                 row_problems.append(image_problem)
         try:
@@ -723,6 +771,15 @@ def _validate(
         )
     problems.extend(_cross_row_problems(rows))
     return rows, problems
+
+
+def _too_many_rows(max_rows: int) -> RowProblem:
+    return RowProblem(
+        line=None,
+        message=f"the manifest has more than {max_rows} rows and was not read further; split "
+        f"it into several batches, or raise max_rows (or {MAX_MANIFEST_ROWS_ENV})",
+        scope="manifest",
+    )
 
 
 def _row_id(value: object) -> str | None:
@@ -776,31 +833,53 @@ def _normalise(line: int, mapping: object) -> tuple[dict[str, Any], list[RowProb
 
 
 def _resolve_image(
-    line: int, value: object, folder: Callable[[], Path]
+    line: int, value: object, folder: Callable[[], Path], root: Callable[[], Path]
 ) -> tuple[object, RowProblem | None]:
-    """A local image as an absolute path, with a problem if it is not an existing file."""
+    """A local image as an absolute path, with a problem if it is not an image file inside
+    ``root`` (symlinks resolved)."""
     if not isinstance(value, str) or not value.strip():
         return value, None
     text = value.strip()
     if "://" in text or _image_kind(text) != "file":
         return value, None
-    path = Path(os.path.expanduser(text))
+    path = Path(text)
     base = folder()
     resolved = Path(os.path.abspath(path if path.is_absolute() else base / path))
-    if resolved.is_file():
-        return str(resolved), None
-    read_from = "" if path.is_absolute() else f" (relative paths are read from {base})"
-    found = "is a folder" if resolved.is_dir() else "does not exist"
-    return value, RowProblem(
-        line=line,
-        field="image",
-        value=_shown(value),
-        message=f"image must be {_IMAGE_ALLOWED}; {resolved} {found}{read_from}",
-    )
+    inside = root()
+    real = Path(os.path.realpath(resolved))
+    if not real.is_relative_to(inside):
+        message = (
+            f"image {_shown(value)!r} is outside {inside}, the folder local images are read "
+            f"from (symlinks resolved): move the image into it, or name the folder that holds "
+            f"the images with image_root"
+        )
+    elif not real.is_file():
+        read_from = "" if path.is_absolute() else f" (relative paths are read from {base})"
+        found = "is a folder" if real.is_dir() else "does not exist"
+        message = f"image must be {_IMAGE_ALLOWED}; {resolved} {found}{read_from}"
+    elif (kind := _file_image_kind(real)) is not None:
+        message = f"image {resolved} {kind}: give a PNG, JPEG or WebP file"
+    else:
+        return str(real), None
+    return value, RowProblem(line=line, field="image", value=_shown(value), message=message)
+
+
+def _file_image_kind(path: Path) -> str | None:
+    """None for an image file (by its magic bytes); else what it is, never its bytes."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(IMAGE_SNIFF_BYTES)
+    except OSError as exc:
+        return f"cannot be read ({type(exc).__name__})"
+    if not head:
+        return "is empty, not an image"
+    if sniff_image_kind(head) is None:
+        return "is not an image (its first bytes are no image format's)"
+    return None
 
 
 def _from_validation(
-    line: int, exc: ValidationError, known_missing: frozenset[str]
+    line: int, exc: ValidationError, known_missing: AbstractSet[str]
 ) -> list[RowProblem]:
     problems: list[RowProblem] = []
     for error in exc.errors(include_url=False):
@@ -875,12 +954,20 @@ class Manifest(BaseModel):
     rows: list[BatchRow] = Field(description="The rows, in manifest order, all valid.")
     digest: str = Field(description="Hex SHA-256 of the canonical rows (ids and content).")
 
+    def __repr__(self) -> str:
+        # Short: a manifest may hold 100,000 rows, and asyncio or a log may repr it.
+        rows = f"<{len(self.rows)} rows>"
+        return f"Manifest(source={self.source!r}, rows={rows}, digest={self.digest!r})"
+
 
 async def load_manifest(
     manifest: str | os.PathLike[str] | Sequence[VideoRequest | BatchRow | Mapping[str, Any]],
     *,
     s3_bucket: Any | None = None,
     format: str | None = None,
+    image_root: str | os.PathLike[str] | None = None,
+    max_rows: int | None = None,
+    max_line_chars: int = DEFAULT_MAX_LINE_CHARS,
 ) -> Manifest:
     """Read and validate a whole manifest; one error lists every problem, nothing is paid.
 
@@ -892,44 +979,100 @@ async def load_manifest(
         s3_bucket: A prefect-aws ``S3Bucket`` whose credentials read an ``s3://`` manifest
             (its bucket may differ from the block's ``bucket_name``).
         format: ``"csv"`` or ``"jsonl"``; by default taken from the file's suffix.
+        image_root: The folder local images must lie in (symlinks resolved). By default the
+            manifest's own folder, or the current directory for rows in memory: an image
+            anywhere else (``/etc/passwd``, ``~/.ssh/id_rsa``, ``../../x``) is a row problem.
+        max_rows: The most rows read; a manifest with more is refused (reading stops there,
+            so memory stays bounded). None takes ``KANDINSKY_MAX_MANIFEST_ROWS``, else
+            100,000.
+        max_line_chars: The longest line read; a longer one is a row problem.
 
     Raises:
         KandinskyManifestError: the manifest cannot be read, or has invalid rows.
         ValueError: an ``s3://`` manifest without ``s3_bucket``, or an unknown format.
     """
+    limit = max_rows_default() if max_rows is None else max_rows
+    if limit < 1 or max_line_chars < 1:
+        raise ValueError(
+            f"max_rows and max_line_chars must be 1 or more; got {max_rows}, {max_line_chars}"
+        )
+    parse_problems: list[RowProblem] = []
+    check = partial(_validate, known_missing=set(), image_root=image_root, max_rows=limit)
     if isinstance(manifest, (str, os.PathLike)):
         name = os.fspath(manifest)
         chosen = detect_format(name.strip(), format)
-        source, text, base_dir = await read_manifest(name, s3_bucket)
-        parsed, parse_problems = _parse(text, chosen)
-    else:
-        source, base_dir, parse_problems = "rows", None, []
-        parsed = [(index, _item_values(item)) for index, item in enumerate(manifest, start=1)]
-    missing = frozenset(
-        p.field
-        for p in parse_problems
-        if p.scope == "header" and p.field is not None and p.field in _REQUIRED
-    )
-    # Validation looks at every local image file: off the event loop.
-    rows, problems = await anyio.to_thread.run_sync(
-        partial(
-            _validate,
-            parsed,
-            base_dir=base_dir,
-            known_missing=missing,
-            parse_problems=bool(parse_problems),
+        source, opener, base_dir = await open_manifest(name, s3_bucket)
+        # Read, parsed and validated as a stream, in a worker thread (validation looks at
+        # every local image file): at most max_rows rows are held, never the whole text.
+        rows, problems = await anyio.to_thread.run_sync(
+            partial(
+                _read_rows,
+                opener,
+                chosen,
+                partial(check, base_dir=base_dir),
+                parse_problems,
+                max_line_chars,
+            )
         )
-    )
+    else:
+        source = "rows"
+        parsed = ((index, _item_values(item)) for index, item in enumerate(manifest, start=1))
+        rows, problems = await anyio.to_thread.run_sync(partial(check, parsed, base_dir=None))
     if parse_problems or problems:
         raise manifest_error(source, [*parse_problems, *problems])
     return _manifest(source, rows)
 
 
+def max_rows_default() -> int:
+    """The row limit of a manifest: :data:`MAX_MANIFEST_ROWS_ENV` when set, else
+    :data:`DEFAULT_MAX_MANIFEST_ROWS`."""
+    value = os.environ.get(MAX_MANIFEST_ROWS_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_MANIFEST_ROWS
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(
+            f"{MAX_MANIFEST_ROWS_ENV} must be a whole number, 1 or more; got {value!r}"
+        )
+    return int(value)
+
+
+def _read_rows(
+    opener: LineOpener,
+    format: ManifestFormat,
+    check: Callable[..., tuple[list[BatchRow], list[RowProblem]]],
+    parse_problems: list[RowProblem],
+    max_line_chars: int,
+) -> tuple[list[BatchRow], list[RowProblem]]:
+    """Every row of the opened manifest, validated as it is read."""
+
+    def too_long(line: int) -> None:
+        parse_problems.append(
+            RowProblem(
+                line=line,
+                message=f"the line is longer than {max_line_chars} characters and was not "
+                "read; shorten it, or pass a larger max_line_chars",
+            )
+        )
+
+    missing: set[str] = set()
+    with opener(_NEWLINE[format]) as handle:
+        lines = bounded_lines(handle, max_line_chars, too_long)
+        return check(
+            _rows_of(lines, format, parse_problems, missing),
+            known_missing=missing,
+            parse_problems=parse_problems,
+        )
+
+
 def _manifest(source: str, rows: list[BatchRow]) -> Manifest:
-    canonical = [{"id": row.id, **row.content()} for row in rows]
-    return Manifest(
-        source=source, rows=rows, digest=hashlib.sha256(_canonical(canonical)).hexdigest()
-    )
+    # The SHA-256 of the canonical JSON list of the rows, hashed row by row: the same bytes
+    # as _canonical(list) without holding them all at once.
+    digest = hashlib.sha256(b"[")
+    for index, row in enumerate(rows):
+        digest.update(b"," if index else b"")
+        digest.update(_canonical({"id": row.id, **row.content()}))
+    digest.update(b"]")
+    return Manifest(source=source, rows=rows, digest=digest.hexdigest())
 
 
 def _item_values(item: object) -> Any:

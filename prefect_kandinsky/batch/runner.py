@@ -81,7 +81,7 @@ from prefect_kandinsky.gateway.models import (
     WebhookMode,
 )
 from prefect_kandinsky.gateway.prices import plural
-from prefect_kandinsky.media.images import check_images
+from prefect_kandinsky.media.images import check_images, redact_url
 from prefect_kandinsky.media.storage import Destination, output_filename, persist_media
 from prefect_kandinsky.media.uploads import prepare_images
 from prefect_kandinsky.progress import StatusRead, report
@@ -146,6 +146,7 @@ async def resolve_images(
     expires_seconds: int,
     source: str,
     problems: Sequence[RowProblem] = (),
+    gateway_url: str | None = None,
 ) -> dict[str, str]:
     """The image URL of each row to submit; every problem at once, before anything is paid.
 
@@ -168,7 +169,7 @@ async def resolve_images(
         else:
             urls[key] = outcome.url
     if check and urls:
-        checked = await check_images(urls.values())
+        checked = await check_images(urls.values(), gateway_url=gateway_url)
         for key, row in rows:
             verdict = checked.get(urls[key]) if key in urls else None
             if isinstance(verdict, KandinskyImageError):
@@ -194,7 +195,11 @@ def _no_bucket_problem(rows: Sequence[BatchRow]) -> RowProblem:
 
 def _problem(row: BatchRow, error: KandinskyError) -> RowProblem:
     return RowProblem(
-        line=row.line, row_id=row.id, field="image", value=row.image, message=error.message
+        line=row.line,
+        row_id=row.id,
+        field="image",
+        value=redact_url(row.image),
+        message=error.message,
     )
 
 

@@ -1,14 +1,20 @@
 """Where a manifest's text comes from: a local file, an ``s3://`` object read through an
 ``S3Bucket`` block, or a path inside any saved Prefect filesystem block
-(``<block-slug>/<block-name>/<path>``). Each source is read whole, decoded as UTF-8 and named
-in every error.
+(``<block-slug>/<block-name>/<path>``). Each source is decoded as UTF-8 and named in every
+error. A local file is read as a stream, line by line, each line at most
+:data:`DEFAULT_MAX_LINE_CHARS` characters (a longer one is skipped unread and reported); an
+``s3://`` object or a block's file is read whole, up to :data:`MAX_REMOTE_MANIFEST_BYTES`.
 """
 
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TextIO, cast
 
 import anyio
 
@@ -27,6 +33,30 @@ KNOWN_STORAGE_BLOCK_SLUGS: frozenset[str] = frozenset(
 )
 """Block types whose ``read_path`` can read a manifest given as ``<slug>/<block>/<path>``."""
 
+DEFAULT_MAX_LINE_CHARS = 64 * 1024
+"""The longest line of a manifest, in characters; a longer line is a row problem, skipped
+without being held in memory (``load_manifest(max_line_chars=...)``)."""
+MAX_REMOTE_MANIFEST_BYTES = 256 * 1024 * 1024
+"""The largest ``s3://`` or block manifest read (these are read whole)."""
+
+LineOpener = Callable[[str], AbstractContextManager[TextIO]]
+"""Opens a manifest's text for reading, given the ``newline`` mode of :func:`open`."""
+
+
+def bounded_lines(handle: TextIO, max_chars: int, too_long: Callable[[int], None]) -> Iterator[str]:
+    """Each line of ``handle`` with its ending; a line over ``max_chars`` is read past in
+    pieces, reported to ``too_long`` with its number, and given as an empty line."""
+    number = 0
+    while line := handle.readline(max_chars + 1):
+        number += 1
+        if len(line) > max_chars and line[-1] not in "\r\n":
+            while (rest := handle.readline(max_chars + 1)) and rest[-1] not in "\r\n":
+                pass
+            too_long(number)
+            yield "\n"
+            continue
+        yield line
+
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
     """Split ``s3://bucket/key`` into bucket and key; ValueError naming the shape otherwise."""
@@ -40,16 +70,48 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 async def read_manifest(name: str, s3_bucket: Any | None) -> tuple[str, str, Path | None]:
     """(source, text, folder of its relative image paths) of the manifest ``name``."""
+    source, opener, base_dir = await open_manifest(name, s3_bucket)
+    with opener("") as handle:
+        text = await anyio.to_thread.run_sync(handle.read)
+    return source, text, base_dir
+
+
+async def open_manifest(name: str, s3_bucket: Any | None) -> tuple[str, LineOpener, Path | None]:
+    """(source, opener of its text, folder of its relative image paths) of the manifest
+    ``name``: a local file is opened when read, a remote one is fetched now."""
     if name.strip()[:5].lower() == "s3://":
         source, text = await _read_s3(name.strip(), s3_bucket)
-        return source, text, None
+        return source, _text_opener(text), None
     block_path = _block_path(name)
-    local = await anyio.to_thread.run_sync(_read_local, name, block_path is None)
+    local = await anyio.to_thread.run_sync(_check_local, name, block_path is None)
     if local is None:  # not a local file: the path in a storage block
         assert block_path is not None
-        return await _read_block(*block_path)
-    source, text = local
-    return source, text, Path(source).parent
+        source, text, base_dir = await _read_block(*block_path)
+        return source, _text_opener(text), base_dir
+    return local, partial(_open_local, local), Path(local).parent
+
+
+def _text_opener(text: str) -> LineOpener:
+    @contextmanager
+    def opener(newline: str) -> Iterator[TextIO]:
+        yield io.StringIO(text.removeprefix("\ufeff"), newline=newline)
+
+    return opener
+
+
+@contextmanager
+def _open_local(source: str, newline: str) -> Iterator[TextIO]:
+    try:
+        handle = open(source, encoding="utf-8-sig", newline=newline)  # noqa: SIM115
+    except OSError as exc:
+        raise _unreadable(source, f"{type(exc).__name__}: {exc}") from exc
+    with handle:
+        try:
+            yield handle
+        except UnicodeDecodeError as exc:
+            raise _unreadable(
+                source, f"not UTF-8 text (byte {exc.object[exc.start]:#04x}); save it as UTF-8"
+            ) from exc
 
 
 def _unreadable(source: str, detail: str) -> KandinskyManifestError:
@@ -70,8 +132,8 @@ def _decode(data: bytes, source: str) -> str:
         ) from exc
 
 
-def _read_local(name: str, required: bool) -> tuple[str, str] | None:
-    """(absolute path, text) of a local manifest; None if absent and not ``required``."""
+def _check_local(name: str, required: bool) -> str | None:
+    """The absolute path of a local manifest; None if absent and not ``required``."""
     path = Path(os.path.expanduser(name))
     source = str(path.resolve())
     if not path.is_file():
@@ -84,11 +146,7 @@ def _read_local(name: str, required: bool) -> tuple[str, str] | None:
             "<block-type-slug>/<block-name>/<path> (block types: "
             f"{', '.join(sorted(KNOWN_STORAGE_BLOCK_SLUGS))})",
         )
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise _unreadable(source, f"{type(exc).__name__}: {exc}") from exc
-    return source, _decode(data, source)
+    return source
 
 
 async def _read_s3(uri: str, s3_bucket: Any | None) -> tuple[str, str]:
@@ -108,9 +166,15 @@ async def _read_s3(uri: str, s3_bucket: Any | None) -> tuple[str, str]:
         client = s3_bucket.credentials.get_s3_client()
         body = client.get_object(Bucket=bucket, Key=key)["Body"]
         try:
-            return cast(bytes, body.read())
+            data = cast(bytes, body.read(MAX_REMOTE_MANIFEST_BYTES + 1))
         finally:
             body.close()
+        if len(data) > MAX_REMOTE_MANIFEST_BYTES:
+            raise ValueError(
+                f"over {MAX_REMOTE_MANIFEST_BYTES} bytes; split it, or copy it to a local file, "
+                "which is read as a stream"
+            )
+        return data
 
     try:
         data = await anyio.to_thread.run_sync(read)

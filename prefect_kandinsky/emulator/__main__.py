@@ -9,7 +9,7 @@ the CDN URL and the API key, then serves until Ctrl-C::
       cdn:      http://127.0.0.1:8081
       api key:  emulator-key
       sample:   http://127.0.0.1:8081/samples/sample.png
-      admin:    http://127.0.0.1:8080/_emulator/health
+      admin:    http://127.0.0.1:8080/_emulator/health (other routes need the api key)
     Press Ctrl-C to stop.
 """
 
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  cdn:      {server.cdn_url}")
         print(f"  api key:  {server.api_key}")
         print(f"  sample:   {server.sample_image_url}")
-        print(f"  admin:    {server.base_url}/_emulator/health")
+        print(f"  admin:    {server.base_url}/_emulator/health (other routes need the api key)")
         print("Press Ctrl-C to stop.", flush=True)
         while not stop.wait(0.5):
             pass

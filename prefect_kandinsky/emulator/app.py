@@ -8,7 +8,9 @@ The gateway app (``create_gateway_app``) speaks the documented contract::
     POST /{model_id}/v1/{name}-request       202 {request_id, status, polling_url}
     GET  /v2/requests/status/{request_id}    200 the status JSON (also the webhook body)
 
-and, without a key, the admin routes under ``/_emulator/`` (see ``ADMIN_ROUTES``).
+and the admin routes under ``/_emulator/`` (see ``ADMIN_ROUTES``), which take the same key
+in the ``Ocp-Apim-Subscription-Key`` header (all but ``/_emulator/health``) and refuse
+requests from other sites' pages (:func:`check_admin_request`).
 
 The CDN app (``create_cdn_app``) is a separate origin, like the gateway's R2 bucket, and
 never looks at the subscription key::
@@ -57,6 +59,7 @@ from .state import (
     NotFound,
     Origin,
     RequestKind,
+    Unauthorized,
 )
 
 API_KEY_HEADER = "Ocp-Apim-Subscription-Key"
@@ -84,7 +87,7 @@ ADMIN_ROUTES: tuple[str, ...] = (
     "POST   /_emulator/uploads",
     "GET    /_emulator/stats",
 )
-"""The out-of-process control routes of the gateway app (no key needed)."""
+"""The out-of-process control routes of the gateway app: each but health needs the key."""
 
 _SUBMIT_RE = re.compile(r"^/[^/]+/v1/[^/]+$")
 _STATUS_RE = re.compile(r"^/v2/requests/status/(?P<id>[^/]+)$")
@@ -118,19 +121,29 @@ def create_gateway_app(state: EmulatorState) -> ASGIApp:
     router = Router(
         routes=[
             Route("/v2/requests/status/{request_id}", _guarded(gateway.status), methods=["GET"]),
-            Route("/_emulator/health", _admin(admin.health), methods=["GET"]),
-            Route("/_emulator/requests", _admin(admin.requests), methods=["GET"]),
-            Route("/_emulator/reset", _admin(admin.reset), methods=["POST"]),
-            Route("/_emulator/config", _admin(admin.config), methods=["GET", "PUT"]),
-            Route("/_emulator/faults", _admin(admin.faults), methods=["GET", "POST", "DELETE"]),
-            Route("/_emulator/outcomes", _admin(admin.outcomes), methods=["GET", "POST", "DELETE"]),
-            Route("/_emulator/jobs", _admin(admin.jobs), methods=["GET"]),
-            Route("/_emulator/jobs/{request_id}", _admin(admin.job), methods=["GET"]),
-            Route("/_emulator/jobs/{request_id}/advance", _admin(admin.advance), methods=["POST"]),
-            Route("/_emulator/wallet", _admin(admin.wallet), methods=["GET", "PUT"]),
-            Route("/_emulator/webhooks", _admin(admin.webhooks), methods=["GET"]),
-            Route("/_emulator/uploads", _admin(admin.upload), methods=["POST"]),
-            Route("/_emulator/stats", _admin(admin.stats), methods=["GET"]),
+            Route("/_emulator/health", _admin(admin.health, None), methods=["GET"]),
+            Route("/_emulator/requests", _admin(admin.requests, state), methods=["GET"]),
+            Route("/_emulator/reset", _admin(admin.reset, state), methods=["POST"]),
+            Route("/_emulator/config", _admin(admin.config, state), methods=["GET", "PUT"]),
+            Route(
+                "/_emulator/faults", _admin(admin.faults, state), methods=["GET", "POST", "DELETE"]
+            ),
+            Route(
+                "/_emulator/outcomes",
+                _admin(admin.outcomes, state),
+                methods=["GET", "POST", "DELETE"],
+            ),
+            Route("/_emulator/jobs", _admin(admin.jobs, state), methods=["GET"]),
+            Route("/_emulator/jobs/{request_id}", _admin(admin.job, state), methods=["GET"]),
+            Route(
+                "/_emulator/jobs/{request_id}/advance",
+                _admin(admin.advance, state),
+                methods=["POST"],
+            ),
+            Route("/_emulator/wallet", _admin(admin.wallet, state), methods=["GET", "PUT"]),
+            Route("/_emulator/webhooks", _admin(admin.webhooks, state), methods=["GET"]),
+            Route("/_emulator/uploads", _admin(admin.upload, state), methods=["POST"]),
+            Route("/_emulator/stats", _admin(admin.stats, state), methods=["GET"]),
             Route("/{model_id}/v1/{endpoint}", _guarded(gateway.submit), methods=["POST"]),
         ],
         default=_not_found,
@@ -562,9 +575,67 @@ class _TruncatedResponse(Response):
 # --------------------------------------------------------------------------------------------
 
 
-def _admin(endpoint: Endpoint) -> Endpoint:
+class AdminForbidden(GatewayError):
+    """403: an admin request sent by a page of another site."""
+
+    status_code = 403
+    error = "Forbidden"
+
+
+class AdminUnsupportedMediaType(GatewayError):
+    """415: an admin request body of a type a cross-site form can send without a preflight."""
+
+    status_code = 415
+    error = "Unsupported Media Type"
+
+
+SIMPLE_CONTENT_TYPES = frozenset(
+    {"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"}
+)
+"""Content types a browser sends cross-site without asking first (no CORS preflight)."""
+
+
+def check_admin_request(request: Request, state: EmulatorState) -> None:
+    """Refuse an admin request without the emulator's key, from another site, or with a body
+    a cross-site form could send.
+
+    The key goes in the ``Ocp-Apim-Subscription-Key`` header, a header no page can add to a
+    cross-site request without a CORS preflight, which the emulator never grants.
+    """
+    site = request.headers.get("sec-fetch-site", "").lower()
+    if site not in ("", "same-origin", "none"):
+        raise AdminForbidden(
+            f"The emulator's admin routes refuse requests sent by a page of another site "
+            f"(Sec-Fetch-Site: {site}); call them from a script or a test"
+        )
+    key = request.headers.get(API_KEY_HEADER)
+    try:
+        state.check_key(key)
+    except Unauthorized as exc:
+        raise Unauthorized(
+            "The emulator's admin routes need its key: send the "
+            f"{API_KEY_HEADER} header with the key the emulator printed at start "
+            "(EmulatorServer.api_key), as for the gateway's routes"
+        ) from exc
+    declared = request.headers.get("content-type", "")
+    media_type = declared.partition(";")[0].strip().lower()
+    has_body = request.headers.get("content-length", "0") != "0" or bool(
+        request.headers.get("transfer-encoding")
+    )
+    if (has_body or media_type) and media_type in SIMPLE_CONTENT_TYPES:
+        raise AdminUnsupportedMediaType(
+            f"The emulator's admin routes refuse a {media_type} body (a cross-site form can "
+            "send one): send Content-Type: application/json (or image/* for an upload)"
+        )
+
+
+def _admin(endpoint: Endpoint, state: EmulatorState | None) -> Endpoint:
+    """``endpoint`` behind :func:`check_admin_request`; None for an open route (health)."""
+
     async def run(request: Request) -> Response:
         try:
+            if state is not None:
+                check_admin_request(request, state)
             return await endpoint(request)
         except GatewayError as exc:
             return _error(exc)

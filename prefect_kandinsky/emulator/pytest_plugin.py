@@ -30,7 +30,10 @@ Example:
     ```
 
 Out of process (a flow run by a worker), drive the same server through its admin routes,
-e.g. ``POST {base_url}/_emulator/faults`` with ``{"route": "status", "status_code": 503}``.
+e.g. ``POST {base_url}/_emulator/faults`` with ``{"route": "status", "status_code": 503}``,
+sending its key as for the gateway (``Ocp-Apim-Subscription-Key: {api_key}``) and JSON
+bodies: the admin routes refuse requests without the key and bodies a cross-site form could
+send.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -49,7 +50,9 @@ from prefect_kandinsky.gateway.constants import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_CONNECT_TIMEOUT_SECONDS,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_MEDIA_BYTES,
     DEFAULT_MAX_POLL_INTERVAL,
+    DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MEDIA_RESUMES,
     DEFAULT_MEDIA_TIMEOUT_SECONDS,
@@ -60,6 +63,7 @@ from prefect_kandinsky.gateway.constants import (
     DEFAULT_RETRY_MAX_DELAY,
     DEFAULT_TIMEOUT_SECONDS,
     DEFAULT_WAIT_TIMEOUT_SECONDS,
+    MAX_MEDIA_BYTES_ENV,
     MAX_RETRY_AFTER_SECONDS,
     WEBHOOK_MODE_HEADER,
     WEBHOOK_URL_HEADER,
@@ -118,6 +122,8 @@ TRANSIENT_STATUS_ERRORS = (KandinskyRateLimitError, KandinskyServerError, Kandin
 """Failures of a status read that can pass: a wait reads again instead of ending."""
 _NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _SHORT_READ = (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout)
+_BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+"""Headers of the raw body, dropped once the body is read and decoded."""
 
 logger = logging.getLogger("prefect_kandinsky.gateway.client")
 
@@ -184,6 +190,7 @@ class MediaStream:
         chunk_size: int,
         max_resumes: int,
         offset: int = 0,
+        max_bytes: int = DEFAULT_MAX_MEDIA_BYTES,
     ) -> None:
         self.url = url
         self.content_type = response.headers.get("content-type")
@@ -197,6 +204,19 @@ class MediaStream:
         self._request_id = request_id
         self._chunk_size = chunk_size
         self._max_resumes = max_resumes
+        self.max_bytes = max_bytes
+        if self.content_length is not None and self.content_length > max_bytes:
+            raise self._too_large(f"declares {self.content_length} bytes")
+
+    def _too_large(self, what: str) -> KandinskyMediaError:
+        return KandinskyMediaError(
+            f"Download of {self.url}"
+            + (f" for {self._request_id}" if self._request_id else "")
+            + f" {what}, over the limit of {self.max_bytes} bytes; it was stopped: raise "
+            f"max_media_bytes (or set {MAX_MEDIA_BYTES_ENV}) if the video is this large",
+            request_id=self._request_id,
+            url=self.url,
+        )
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Yield the body (from ``offset``) as it arrives, in chunks of at most ``chunk_size``.
@@ -214,6 +234,8 @@ class MediaStream:
                 # back a partial chunk and lose it when the connection breaks.
                 async for data in self._response.aiter_raw():
                     received += len(data)
+                    if received > self.max_bytes:
+                        raise self._too_large(f"goes on past {self.max_bytes} bytes")
                     for start in range(0, len(data), self._chunk_size):
                         yield data[start : start + self._chunk_size]
             except _SHORT_READ as exc:
@@ -272,6 +294,8 @@ class KandinskyClient:
             size it to the calls made at once (a batch polls many jobs concurrently).
         allow_http_webhooks: Accept ``http://`` webhook URLs (for a local emulator only;
             the gateway rejects them).
+        max_response_bytes: The most bytes of one gateway answer that are read (1 MiB by
+            default); a larger answer raises instead of filling the worker's memory.
         transport: An httpx transport, e.g. the emulator's in-process one.
         logger: Where retries and resumes are logged (a Prefect run logger in tasks).
         sleep: The coroutine used to wait; tests pass a fake.
@@ -292,6 +316,7 @@ class KandinskyClient:
         retry_max_delay: float = DEFAULT_RETRY_MAX_DELAY,
         allow_http_webhooks: bool = False,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         transport: httpx.AsyncBaseTransport | None = None,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -312,6 +337,9 @@ class KandinskyClient:
         self.retry_initial_delay = retry_initial_delay
         self.retry_max_delay = retry_max_delay
         self.allow_http_webhooks = allow_http_webhooks
+        if max_response_bytes < 1:
+            raise ValueError(f"max_response_bytes must be 1 or more; got {max_response_bytes}")
+        self.max_response_bytes = max_response_bytes
         self._media_timeout = httpx.Timeout(media_timeout, connect=connect_timeout)
         self._gateway_origin = _origin(self.base_url)
         self._log: logging.Logger | logging.LoggerAdapter[Any] = logger or globals()["logger"]
@@ -561,6 +589,7 @@ class KandinskyClient:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         max_resumes: int = DEFAULT_MEDIA_RESUMES,
         start: int = 0,
+        max_bytes: int | None = None,
     ) -> AsyncIterator[MediaStream]:
         """Open a media URL for streaming, without the subscription key.
 
@@ -572,15 +601,21 @@ class KandinskyClient:
             start: The first byte wanted, e.g. the size of a partial file an earlier process
                 left; sent as a Range request. Where the CDN does not resume there, the
                 stream starts at 0: read :attr:`MediaStream.offset`.
+            max_bytes: The download stops with an error past this many bytes, and a
+                declared ``Content-Length`` over it is refused before reading. None takes
+                ``KANDINSKY_MAX_MEDIA_BYTES`` from the environment, else 2 GiB.
 
         Raises:
             KandinskyMediaExpiredError: the CDN answered 403 or 404.
-            KandinskyMediaError: the download failed otherwise.
+            KandinskyMediaError: the download failed otherwise, or is over ``max_bytes``.
         """
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be 1 or more; got {chunk_size}")
         if start < 0:
             raise ValueError(f"start must be 0 or more; got {start}")
+        limit = max_media_bytes_default() if max_bytes is None else max_bytes
+        if limit < 1:
+            raise ValueError(f"max_bytes must be 1 or more; got {max_bytes}")
         offset = start
         try:
             response = await self._open_media_response(url, start=start, request_id=request_id)
@@ -595,15 +630,20 @@ class KandinskyClient:
             offset = 0
         if response is None:
             response = await self._open_media_response(url, start=0, request_id=request_id)
-        stream = MediaStream(
-            self,
-            url,
-            response,
-            request_id=request_id,
-            chunk_size=chunk_size,
-            max_resumes=max_resumes,
-            offset=offset,
-        )
+        try:
+            stream = MediaStream(
+                self,
+                url,
+                response,
+                request_id=request_id,
+                chunk_size=chunk_size,
+                max_resumes=max_resumes,
+                offset=offset,
+                max_bytes=limit,
+            )
+        except KandinskyMediaError:
+            await response.aclose()
+            raise
         try:
             yield stream
         finally:
@@ -649,7 +689,7 @@ class KandinskyClient:
         attempt = 0
         while True:
             try:
-                response = await self._http.request(method, url, json=json, headers=all_headers)
+                response = await self._request(method, url, json, all_headers, kind, request_id)
             except httpx.TransportError as exc:
                 if kind == "submit" and not isinstance(exc, _NEVER_SENT):
                     raise KandinskySubmitUncertainError(
@@ -696,6 +736,42 @@ class KandinskyClient:
                 )
             attempt += 1
             await self._sleep(delay)
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        json: Any,
+        headers: Mapping[str, str],
+        kind: _Kind,
+        request_id: str | None,
+    ) -> httpx.Response:
+        """Send one gateway request and read its answer, at most ``max_response_bytes``."""
+        request = self._http.build_request(method, url, json=json, headers=headers)
+        response = await self._http.send(request, stream=True)
+        try:
+            body = await read_capped(response, self.max_response_bytes)
+        finally:
+            await response.aclose()
+        if body is None:
+            subject = f"status read of {request_id}" if request_id else kind
+            message = (
+                f"The gateway's answer to the {subject} ({response.status_code}) is larger "
+                f"than max_response_bytes={self.max_response_bytes} and was not read: raise "
+                "KandinskyClient(max_response_bytes=...) if the gateway's answers are this large"
+            )
+            if kind == "submit":
+                raise KandinskySubmitUncertainError(
+                    f"{message}; the job may exist and be billed: "
+                    f"{_check_before_resubmitting(WEBHOOK_URL_HEADER in headers)}",
+                    status_code=response.status_code,
+                )
+            raise KandinskyServerError(
+                message, status_code=response.status_code, request_id=request_id
+            )
+        # The body as read (decoded): the answer is kept whole, but never larger than the cap.
+        kept = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _BODY_HEADERS]
+        return httpx.Response(response.status_code, headers=kept, content=body, request=request)
 
     def _api_error(
         self,
@@ -815,6 +891,39 @@ class KandinskyClient:
             self._log.warning("Media download of %s failed; retrying in %.1fs", url, delay)
             attempt += 1
             await self._sleep(delay)
+
+
+async def read_capped(response: httpx.Response, limit: int) -> bytes | None:
+    """The (decoded) body of a streamed ``response``, or None once it is over ``limit`` bytes:
+    a declared length over the limit is refused before reading, an undeclared one stops at it.
+    """
+    declared = response.headers.get("content-length", "").strip()
+    if declared.isdigit() and int(declared) > limit and _identity(response):
+        return None
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def _identity(response: httpx.Response) -> bool:
+    encoding = str(response.headers.get("content-encoding", "identity"))
+    return encoding.strip().lower() == "identity"
+
+
+def max_media_bytes_default() -> int:
+    """The media size cap: :data:`MAX_MEDIA_BYTES_ENV` when set to a whole number, else
+    :data:`DEFAULT_MAX_MEDIA_BYTES`."""
+    value = os.environ.get(MAX_MEDIA_BYTES_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_MEDIA_BYTES
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(
+            f"{MAX_MEDIA_BYTES_ENV} must be a whole number of bytes, 1 or more; got {value!r}"
+        )
+    return int(value)
 
 
 def _resumes_at(response: httpx.Response, offset: int) -> bool:

@@ -59,3 +59,12 @@ DEFAULT_PRESIGN_MARGIN_SECONDS = 3600.0
 """Extra life given to a presigned input image link beyond the wait's timeout: it covers the
 time from the presign to the submit (the rest of a batch being prepared and submitted under
 the rate limit) and clock skew."""
+
+DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
+"""A gateway answer (submit, status or error) is read up to this many bytes; a larger one is
+an error, not a reason to hold hundreds of MB (``KandinskyClient(max_response_bytes=...)``)."""
+DEFAULT_MAX_MEDIA_BYTES = 2 * 1024 * 1024 * 1024
+"""A media download stops with an error past this many bytes (2 GiB, whether the CDN declared
+a length or not); raise it with ``max_media_bytes`` or :data:`MAX_MEDIA_BYTES_ENV`."""
+MAX_MEDIA_BYTES_ENV = "KANDINSKY_MAX_MEDIA_BYTES"
+"""Environment variable overriding :data:`DEFAULT_MAX_MEDIA_BYTES`, in bytes."""

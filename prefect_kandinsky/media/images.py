@@ -60,6 +60,7 @@ Private inputs:
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache, partial
@@ -77,6 +78,15 @@ from prefect_kandinsky.gateway.constants import (
     MAX_IMAGE_CHECK_BYTES,
 )
 from prefect_kandinsky.gateway.exceptions import KandinskyImageError
+from prefect_kandinsky.media.addresses import (
+    ALLOW_PRIVATE_IMAGES_ENV,
+    ALLOW_PRIVATE_IMAGES_PARAMETER,
+    AddressPolicy,
+    AddressRefused,
+    AddressUnresolved,
+    PinnedURL,
+    pin,
+)
 
 if TYPE_CHECKING:
     # Imported for annotations only: prefect-aws (and boto3) load only when a bucket is used.
@@ -108,6 +118,17 @@ SECRET_QUERY_PARAMS = frozenset(
         "sig",
         "token",
         "access_token",
+        "id_token",
+        "refresh_token",
+        "auth",
+        "api_key",
+        "apikey",
+        "key",
+        "secret",
+        "password",
+        "policy",
+        "x-goog-security-token",
+        "googleaccessid",
     }
 )
 """Query parameters (lower case) whose values :func:`redact_url` hides: presigned URLs of
@@ -126,7 +147,8 @@ _TYPE_KINDS = {
     "heif-sequence": "heif",
     "avif-sequence": "avif",
 }
-_PREVIEW_CHARS = 20
+_MAX_SHOWN_TYPE = 80
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*")
 
 
 def _user_agent() -> str:
@@ -187,6 +209,8 @@ async def check_image(
     timeout: float = DEFAULT_IMAGE_CHECK_TIMEOUT_SECONDS,  # noqa: ASYNC109
     max_bytes: int = MAX_IMAGE_CHECK_BYTES,
     client: httpx.AsyncClient | None = None,
+    allow_private_images: bool | None = None,
+    gateway_url: str | None = None,
 ) -> CheckedImage:
     """Fetch the start of ``url`` and make sure it is an image, before anything is billed.
 
@@ -208,6 +232,13 @@ async def check_image(
             gateway's ``Ocp-Apim-Subscription-Key``, no ``Authorization``, no ``auth``);
             headers are set per request and the client is left unchanged. Its cookie jar is
             used as is. By default a plain client that keeps no cookies is opened and closed.
+        allow_private_images: Allow image hosts on loopback and private addresses (never
+            metadata, link-local, multicast or reserved ones). None reads the environment
+            variable ``KANDINSKY_ALLOW_PRIVATE_IMAGES`` (``1``, ``true`` or ``yes``);
+            by default such hosts are refused before any connection (see
+            :mod:`prefect_kandinsky.media.addresses`).
+        gateway_url: The gateway's base URL. When it is on loopback (the emulator),
+            image hosts on loopback are allowed, so offline runs work without the opt-in.
 
     Returns:
         The image's URL, declared content type, detected kind, size and, on request, bytes.
@@ -231,11 +262,14 @@ async def check_image(
         ```
     """
     target = absolute_http_url(url)
+    policy = AddressPolicy.for_images(
+        allow_private_images=allow_private_images, gateway_url=gateway_url
+    )
     if client is not None:
         _refuse_credentials(client)
-        return await _check(client, url, target, read_content, timeout, max_bytes)
+        return await _check(client, url, target, read_content, timeout, max_bytes, policy)
     async with _plain_client(timeout, connections=1) as own:
-        return await _check(own, url, target, read_content, timeout, max_bytes)
+        return await _check(own, url, target, read_content, timeout, max_bytes, policy)
 
 
 async def check_images(
@@ -245,6 +279,8 @@ async def check_images(
     # The socket timeout of each connect and read, as in httpx, not a deadline of the call.
     timeout: float = DEFAULT_IMAGE_CHECK_TIMEOUT_SECONDS,  # noqa: ASYNC109
     client: httpx.AsyncClient | None = None,
+    allow_private_images: bool | None = None,
+    gateway_url: str | None = None,
 ) -> dict[str, CheckedImage | KandinskyImageError]:
     """Check many image URLs at once and return every outcome, so a batch reports all bad rows.
 
@@ -259,6 +295,8 @@ async def check_images(
             :func:`check_image`).
         client: An ``httpx.AsyncClient`` to share, with the same rules as in
             :func:`check_image`; by default a plain one sized to ``concurrency``.
+        allow_private_images: Allow private image hosts (see :func:`check_image`).
+        gateway_url: The gateway's base URL (see :func:`check_image`).
 
     Returns:
         One entry per distinct URL, in the order first given: its :class:`CheckedImage`, or
@@ -285,15 +323,17 @@ async def check_images(
     if not distinct:
         return {}
     workers = min(concurrency, len(distinct))
+    check = partial(
+        check_image,
+        timeout=timeout,
+        allow_private_images=allow_private_images,
+        gateway_url=gateway_url,
+    )
     if client is not None:
         _refuse_credentials(client)
-        return await gather_outcomes(
-            distinct, workers, partial(check_image, timeout=timeout, client=client)
-        )
+        return await gather_outcomes(distinct, workers, partial(check, client=client))
     async with _plain_client(timeout, connections=workers) as own:
-        return await gather_outcomes(
-            distinct, workers, partial(check_image, timeout=timeout, client=own)
-        )
+        return await gather_outcomes(distinct, workers, partial(check, client=own))
 
 
 async def gather_outcomes(
@@ -324,8 +364,13 @@ def redact_url(url: str) -> str:
     """``url`` with the values of signature query parameters and any user info replaced.
 
     Presigned URLs carry a credential in their query (``X-Amz-Signature``,
-    ``X-Amz-Credential``, ``Signature``, ``sig``, ``token``...); the rest of the URL is kept
-    as written so that it still says which image it is.
+    ``X-Amz-Credential``, ``Signature``, ``sig``, ``token``...) and sometimes in the
+    fragment; the rest of the URL is kept as written so that it still says which image it is.
+    A URL that cannot be parsed is replaced whole.
+
+    Use it for every URL written to a log, an error or a result, and as the *text* of a
+    markdown link whose target is the full URL: a presigned link shown in an artifact then
+    keeps working while its text shows no signature.
 
     Example:
         ```python
@@ -336,14 +381,16 @@ def redact_url(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return url
+        return f"<a URL that cannot be parsed, {REDACTED}>"
     netloc = parts.netloc
     if "@" in netloc:
         netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
     query = "&".join(_redact_pair(pair) for pair in parts.query.split("&"))
-    if netloc == parts.netloc and query == parts.query:
+    # A token in the fragment (#access_token=... of an OAuth redirect) is hidden alike.
+    fragment = "&".join(_redact_pair(pair) for pair in parts.fragment.split("&"))
+    if (netloc, query, fragment) == (parts.netloc, parts.query, parts.fragment):
         return url
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
 def _redact_pair(pair: str) -> str:
@@ -412,6 +459,7 @@ async def _check(
     read_content: bool,
     io_timeout: float,
     max_bytes: int,
+    policy: AddressPolicy,
 ) -> CheckedImage:
     shown = redact_url(url)
     deadline = io_timeout * IMAGE_CHECK_DEADLINE_FACTOR
@@ -419,7 +467,7 @@ async def _check(
     response: httpx.Response | None = None
     with anyio.CancelScope(deadline=end):
         try:
-            response = await _open(client, target, io_timeout, shown)
+            response = await _open(client, target, io_timeout, shown, policy)
         except httpx.HTTPError as exc:
             raise _unreachable(shown, _describe(exc, url, shown, io_timeout)) from exc
     if response is None:
@@ -437,31 +485,67 @@ async def _check(
 
 
 async def _open(
-    client: httpx.AsyncClient, target: httpx.URL, io_timeout: float, shown: str
+    client: httpx.AsyncClient,
+    target: httpx.URL,
+    io_timeout: float,
+    shown: str,
+    policy: AddressPolicy,
 ) -> httpx.Response:
-    request = client.build_request(
-        "GET", target, headers=_headers(), timeout=httpx.Timeout(io_timeout)
-    )
-    for _ in range(MAX_IMAGE_CHECK_REDIRECTS + 1):
+    """GET ``target``, following redirects by hand: each hop is resolved, checked and pinned."""
+    for hop in range(MAX_IMAGE_CHECK_REDIRECTS + 1):
+        pinned = await _pinned(target, shown, policy, redirected=hop > 0)
+        request = client.build_request(
+            "GET",
+            pinned.url,
+            headers={**_headers(), **pinned.headers},
+            timeout=httpx.Timeout(io_timeout),
+            extensions=pinned.extensions,
+        )
         response = await client.send(request, stream=True, follow_redirects=False)
-        following = response.next_request
-        if following is None:
+        if not response.has_redirect_location:
             return response
         await response.aclose()
-        if following.url.scheme not in ("http", "https"):
+        try:
+            following = target.join(response.headers["location"])
+        except (httpx.InvalidURL, UnicodeError):
+            following = None
+        if following is None or following.scheme not in ("http", "https") or not following.host:
             raise KandinskyImageError(
-                f"image_url {shown} redirected to {redact_url(str(following.url))}, which is "
-                f"not an http(s) URL: {_CHECK_THE_URL}{NOTHING_SUBMITTED}",
+                f"image_url {shown} redirected to a location that is not an http(s) URL: "
+                f"{_CHECK_THE_URL}{NOTHING_SUBMITTED}",
                 url=shown,
                 status_code=response.status_code,
             )
-        request = following
+        target = following
     raise KandinskyImageError(
         f"image_url {shown} redirected more than {MAX_IMAGE_CHECK_REDIRECTS} times: "
         f"{_CHECK_THE_URL}{NOTHING_SUBMITTED}",
         url=shown,
         status_code=response.status_code,
     )
+
+
+async def _pinned(
+    target: httpx.URL, shown: str, policy: AddressPolicy, *, redirected: bool
+) -> PinnedURL:
+    """``target`` pinned to a checked address, or the refusal as a KandinskyImageError."""
+    try:
+        return await pin(target, policy)
+    except AddressUnresolved as exc:
+        raise _unreachable(shown, f"the host {target.host} could not be resolved") from exc
+    except AddressRefused as exc:
+        hop = " (after a redirect)" if redirected else ""
+        way_out = (
+            f"host the image on a public address, or allow private image hosts with "
+            f"{ALLOW_PRIVATE_IMAGES_PARAMETER}=True or {ALLOW_PRIVATE_IMAGES_ENV}=1"
+            if exc.opt_in
+            else "host the image on a public address; this kind is never fetched"
+        )
+        raise KandinskyImageError(
+            f"image_url {shown} is refused: its host{hop} resolves to {exc.kind}, which the "
+            f"worker does not fetch from: {way_out}{NOTHING_SUBMITTED}",
+            url=shown,
+        ) from exc
 
 
 def _raise_for_status(response: httpx.Response, shown: str) -> None:
@@ -535,22 +619,22 @@ def _judge(
             "The body of image_url %s could not be read (%s); trusting its content type %s",
             shown,
             body.failure,
-            media_type,
+            shown_media_type(media_type),
         )
         return CheckedImage(url, declared, _kind_from_type(media_type), length, None)
     answered = (
-        f"image_url {shown} answered {response.status_code} with {media_type or 'no content type'}"
+        f"image_url {shown} answered {response.status_code} with "
+        f"{shown_media_type(media_type)} ({_shown_size(size)})"
     )
     if media_type == "image/svg+xml":
         message = f"{answered}, a vector image: pass a raster image (PNG, JPEG or WebP) instead"
     elif body.data:
-        start = f"starts with {quoted_head(body.data)}"
         if media_type.startswith("image/"):
-            message = f"{answered} but the bytes are not an image ({start}): {_CHECK_THE_URL}"
+            message = f"{answered} but the bytes are not an image: {_CHECK_THE_URL}"
         elif media_type in ("text/html", "application/xhtml+xml"):
             message = f"{answered}, not an image (a login or error page?): {_CHECK_THE_URL}"
         else:
-            message = f"{answered}, not an image ({start}): {_CHECK_THE_URL}"
+            message = f"{answered}, not an image: {_CHECK_THE_URL}"
     elif body.failure is None:
         message = f"{answered} but an empty body, not an image: {_CHECK_THE_URL}"
     else:
@@ -612,13 +696,18 @@ def _kind_from_type(media_type: str) -> str:
     return _TYPE_KINDS.get(subtype, subtype)
 
 
-def quoted_head(data: bytes) -> str:
-    """The start of a body: quoted text, or hex bytes when it is binary."""
-    head = data[:_PREVIEW_CHARS]
-    if any((byte < 0x20 and byte not in b"\t\n\r") or byte == 0x7F for byte in head):
-        return "bytes " + head[:8].hex(" ")
-    text = " ".join(head.decode("utf-8", "replace").split())
-    return repr(text)
+def shown_media_type(media_type: str) -> str:
+    """A content type fit for a message: a plain ``type/subtype`` as given, else a description
+    (a host's header is its own text, not quoted beyond a well-formed type)."""
+    if not media_type:
+        return "no content type"
+    if len(media_type) <= _MAX_SHOWN_TYPE and _MEDIA_TYPE.fullmatch(media_type):
+        return media_type
+    return "a malformed content type"
+
+
+def _shown_size(size: int | None) -> str:
+    return f"{size} bytes" if size is not None else "size not declared"
 
 
 def _content_length(response: httpx.Response) -> int | None:
@@ -629,7 +718,7 @@ def _content_length(response: httpx.Response) -> int | None:
 
 
 def _reason(response: httpx.Response) -> str:
-    return httpx.codes.get_reason_phrase(response.status_code) or response.reason_phrase
+    return httpx.codes.get_reason_phrase(response.status_code) or "(an unregistered status)"
 
 
 def _describe(exc: httpx.HTTPError, url: str, shown: str, timeout: float) -> str:

@@ -11,7 +11,9 @@ This is the only module that writes the video's bytes. Every destination goes th
 5. remove the temporary file, whatever happened (errors and cancellation included).
 
 A target that already holds the same bytes (same SHA-256) is reused, so a re-run is
-idempotent; a target holding other bytes is refused unless ``overwrite=True``.
+idempotent; a target holding other bytes is refused unless ``overwrite=True``, and a local
+file that is not a video is refused even then. A local target must lie inside the
+destination once symbolic links are resolved.
 
 Example:
     ```python
@@ -60,6 +62,7 @@ from prefect_kandinsky.gateway.constants import (
 )
 from prefect_kandinsky.gateway.exceptions import KandinskyMediaError
 from prefect_kandinsky.gateway.models import CompletedVideo, EmbeddedPreview, PersistedVideo
+from prefect_kandinsky.media.images import IMAGE_SNIFF_BYTES, sniff_image_kind
 
 __all__ = [
     "Destination",
@@ -95,6 +98,7 @@ _DEFAULT_EXTENSION = ".mp4"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _URL_SUFFIX = re.compile(r"\.[a-z0-9]{1,5}")
 _HASH_BLOCK = 1024 * 1024
+_MATROSKA = b"\x1a\x45\xdf\xa3"
 _S3_ABSENT = frozenset({"404", "NoSuchKey", "NotFound"})
 _PAGE_TYPES = ("text/", "application/json", "application/xml", "application/problem+")
 
@@ -260,8 +264,16 @@ class _LocalPlan:
     uri_prefix: str
 
     def target(self, name: str) -> Path:
-        """The final path; creates its directory (blocking)."""
+        """The final path, inside the destination once symbolic links are resolved; creates
+        its directory (blocking)."""
         path = self.file or self.directory.joinpath(*name.split("/"))
+        root = Path(os.path.realpath(self.directory))
+        if not Path(os.path.realpath(path)).is_relative_to(root):
+            raise ValueError(
+                f"{path} leads out of the destination {self.directory} through a symbolic "
+                "link; nothing is written outside the destination: remove the link, or pass "
+                "the folder it points to as the destination"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -307,6 +319,7 @@ async def persist_media(
     preview_width: int | None = None,
     logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
     partial_path: str | os.PathLike[str] | None = None,
+    max_media_bytes: int | None = None,
 ) -> PersistedVideo:
     """Stream a completed video to its destination in constant memory and describe the copy.
 
@@ -332,7 +345,9 @@ async def persist_media(
         destination: Where the video goes.
         filename: The file name (or relative path) at the destination; defaults to
             :func:`output_filename` of the request id and media type.
-        overwrite: Replace a target that holds other bytes instead of raising.
+        overwrite: Replace a target that holds other bytes instead of raising. It is bounded:
+            a local file that is not a video (by its first bytes: MP4, MOV, WebM) is never
+            replaced, so a destination naming any other file fails instead of destroying it.
         chunk_size: Bytes per chunk of the download.
         presign_expires_seconds: Lifetime of the S3 ``public_url``; None for no link.
         multipart_threshold: Bytes above which an S3 upload goes multipart.
@@ -347,6 +362,8 @@ async def persist_media(
             call with the same ``partial_path`` resumes it with a Range request from its last
             byte (a CDN that does not resume sends the whole file again); it is removed once
             the video is stored. Name it by the request id: the same file for the same video.
+        max_media_bytes: The download stops with an error past this many bytes (or when the
+            CDN declares more); None takes ``KANDINSKY_MAX_MEDIA_BYTES``, else 2 GiB.
 
     Returns:
         Where the video is, its size, SHA-256, media type and probed facts.
@@ -368,7 +385,11 @@ async def persist_media(
     start = 0 if partial_path is None else await _run(_partial_size, Path(partial_path))
     try:
         async with client.open_media(
-            url, request_id=request_id, chunk_size=chunk_size, start=start
+            url,
+            request_id=request_id,
+            chunk_size=chunk_size,
+            start=start,
+            max_bytes=max_media_bytes,
         ) as media:
             served_type = _served_media_type(media, request_id)
             media_type = video.media_type or served_type
@@ -633,6 +654,13 @@ def _place_file(temp: Path, target: Path, sha256: str, overwrite: bool, request_
             return True
         if not overwrite:
             raise _conflict(str(target), request_id, existing, sha256)
+        if not is_video_file(target):
+            raise KandinskyMediaError(
+                f"{target} already exists and is not a video, so {request_id} does not replace "
+                "it even with overwrite=True (which replaces only an earlier video): pass "
+                "another filename or destination",
+                request_id=request_id,
+            )
     try:
         os.replace(temp, target)
     except OSError as exc:
@@ -646,6 +674,16 @@ def _place_file(temp: Path, target: Path, sha256: str, overwrite: bool, request_
         finally:
             _discard(staged)
     return False
+
+
+def is_video_file(path: Path) -> bool:
+    """Whether ``path`` is empty or starts like a video (MP4, MOV, WebM or Matroska); an ISO
+    media file of an image brand (AVIF, HEIC) is not a video."""
+    with path.open("rb") as handle:
+        head = handle.read(IMAGE_SNIFF_BYTES)
+    if not head or head.startswith(_MATROSKA):
+        return True
+    return head[4:8] == b"ftyp" and sniff_image_kind(head) is None
 
 
 def _store_s3(

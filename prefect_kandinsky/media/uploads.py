@@ -33,7 +33,6 @@ from prefect_kandinsky.media.images import (
     NOTHING_SUBMITTED,
     absolute_http_url,
     gather_outcomes,
-    quoted_head,
     redact_url,
     sniff_image_kind,
 )
@@ -518,7 +517,7 @@ def _read_image_file(source: str) -> _ImageFile:
         raise _unreadable_file(source, path, exc) from exc
     kind = sniff_image_kind(head)
     if kind is None:
-        what = f"starts with {quoted_head(head)}" if head else "is empty"
+        what = f"is {size} bytes of something else" if head else "is empty"
         raise KandinskyImageError(
             f"Image file {source!r} is not an image (it {what}): pass a PNG, JPEG or WebP "
             f"file{NOTHING_SUBMITTED}",
