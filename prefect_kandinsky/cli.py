@@ -5,6 +5,7 @@ prefect-kandinsky demo                      # one video through the flow, on the
 prefect-kandinsky generate --prompt ... --image URL_OR_PATH [--emulator | --credentials NAME]
 prefect-kandinsky batch MANIFEST [--emulator | --credentials NAME] [--max-cost 20]
 prefect-kandinsky webhooks serve --certfile cert.pem --keyfile key.pem   # callbacks -> events
+prefect-kandinsky show kandinsky-summary-... # an artifact for a terminal, pictures left out
 prefect-kandinsky emulator --port 8080      # serve the gateway emulator
 ```
 
@@ -23,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator, MutableMapping, Sequence
@@ -240,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--certfile", help="PEM certificate chain, for https")
     serve.add_argument("--keyfile", help="PEM private key, when not in --certfile")
     serve.add_argument("--log-level", default="info", help="(default: %(default)s)")
+
+    show = commands.add_parser(
+        "show",
+        help="print an artifact's markdown with its embedded pictures left out (for a terminal)",
+    )
+    show.add_argument("key", help="the artifact's key, e.g. kandinsky-summary-...")
 
     emulator = commands.add_parser("emulator", help="serve the gateway emulator")
     add_emulator_arguments(emulator)
@@ -516,7 +524,7 @@ def _report(persisted: PersistedVideo, flow_run_id: UUID | None) -> None:
     print("\n".join(lines))
 
 
-def _finish(state: Any) -> int:
+def _finish(state: Any, prompt: str) -> int:
     from prefect_kandinsky.gateway.exceptions import KandinskyError
 
     flow_run_id = state.state_details.flow_run_id
@@ -530,7 +538,7 @@ def _finish(state: Any) -> int:
         from prefect_kandinsky.artifacts import artifact_key
 
         print(
-            f"Summary:     artifact {artifact_key(error.request_id, 'summary')}",
+            f"Summary:     artifact {artifact_key(error.request_id, 'summary', prompt)}",
             file=sys.stderr,
         )
     for line in _ui_hint(flow_run_id):
@@ -562,7 +570,7 @@ def _demo(args: argparse.Namespace) -> int:
             credentials=_credentials(argparse.Namespace(credentials=None), server),
             poll_interval_seconds=0.5,
         )
-        return _finish(state)
+        return _finish(state, request.prompt)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -595,7 +603,7 @@ def _generate(args: argparse.Namespace) -> int:
             check_image=args.check_image,
             poll_interval_seconds=args.poll_interval,
         )
-        return _finish(state)
+        return _finish(state, request.prompt)
 
 
 class _BatchDisplay:
@@ -732,6 +740,47 @@ def _finish_batch(state: Any) -> int:
     return 0
 
 
+EMBEDDED = re.compile(
+    r'<img src="data:([\w/+.-]+);base64,([A-Za-z0-9+/=]*)"[^>]*?alt="([^"]*)"[^>]*>'
+)
+"""An embedded picture in an artifact's markdown: its type, bytes (base64) and alt text."""
+
+
+def readable_markdown(markdown: str) -> str:
+    """``markdown`` with each embedded picture replaced by a short note of what it was."""
+
+    def note(match: re.Match[str]) -> str:
+        size = len(match.group(2)) * 3 // 4
+        return f"[picture: {match.group(3)}, {match.group(1)}, {size / 1000:.1f} KB]"
+
+    return EMBEDDED.sub(note, markdown)
+
+
+def _show(key: str) -> int:
+    """Print the latest artifact of ``key`` for a terminal: pictures become one-line notes."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=1,
+            )
+
+    found = asyncio.run(read())
+    if not found:
+        raise UsageError(f"no artifact with the key {key!r}; `prefect artifact ls` lists them")
+    artifact = found[0]
+    if artifact.description:
+        print(readable_markdown(str(artifact.description)), end="\n\n")
+    data = artifact.data
+    print(readable_markdown(data) if isinstance(data, str) else data)
+    return 0
+
+
 def _serve_webhooks(args: argparse.Namespace) -> int:
     from prefect_kandinsky.events.server import serve
 
@@ -804,6 +853,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _batch(args)
         if args.command == "webhooks":
             return _serve_webhooks(args)
+        if args.command == "show":
+            return _show(args.key)
     except UsageError as exc:
         if "prefect" in sys.modules:
             _silence_prefect_console()

@@ -447,3 +447,53 @@ def test_ui_address_follows_prefects_settings() -> None:
     with temporary_settings({PREFECT_SERVER_API_PORT: 4321}, restore_defaults={PREFECT_API_URL}):
         hint = cli._ui_hint(run)
     assert f"             and open http://127.0.0.1:4321/runs/flow-run/{run}" == hint[-1]
+
+
+@pytest.mark.usefixtures("prefect_api")
+async def test_show_prints_a_summary_without_its_pictures_bytes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`show KEY` prints the summary's text; each embedded picture is a one-line note."""
+    import asyncio
+
+    from prefect import flow
+    from prefect.artifacts import acreate_markdown_artifact
+
+    from prefect_kandinsky.artifacts import summary_markdown
+    from prefect_kandinsky.gateway.models import EmbeddedPreview, PersistedVideo
+
+    picture = "data:image/jpeg;base64," + "A" * 4000
+    moving = "data:image/webp;base64," + "B" * 40000
+    persisted = PersistedVideo(
+        request_id="kandinsky-5-0-pro-953_01a24df7-c201-73be-b634-b2e4cfbef7b2",
+        uri="/data/videos/r1.mp4",
+        size_bytes=10,
+        sha256="0" * 64,
+        source_url="http://127.0.0.1:1/r1.mp4",
+        preview=EmbeddedPreview(
+            width=256,
+            height=170,
+            poster=picture,
+            strip=[picture] * 5,
+            strip_seconds=[0.0, 0.25, 0.5, 0.75, 1.0],
+            clip=moving,
+        ),
+    )
+
+    @flow
+    async def publish() -> None:
+        await acreate_markdown_artifact(
+            markdown=summary_markdown(persisted, None), key="kandinsky-summary-show-test"
+        )
+
+    await publish()
+
+    code = await asyncio.to_thread(cli.main, ["show", "kandinsky-summary-show-test"])
+
+    out = capsys.readouterr().out
+    assert 0 == code
+    assert "base64" not in out
+    assert 1 == out.count("[picture: moving preview of the video, image/webp, 30.0 KB]")
+    assert 5 == out.count("[picture: frame at ")
+    assert "<code>/data/videos/r1.mp4</code>" in out
+    assert len(out) < 3000
