@@ -233,6 +233,13 @@ HttpUrlParam = Annotated[
 """An absolute http(s) URL; a local file name such as ``beach.png`` is refused."""
 DurationText = Annotated[str, BeforeValidator(lambda value: f"{duration_seconds(value)}s")]
 """Whole seconds from 1 to 10 in the gateway's form, ``"5s"``, from ``5``, ``"5"`` or ``"5s"``."""
+OptionalText = Annotated[str | None, WithJsonSchema({"type": "string"})]
+"""Text that may be left out (None): a plain text box in Prefect's run form, which shows a
+``str | None`` parameter as a choice between a text and "Property is type None"."""
+OptionalWebhookMode = Annotated[
+    WebhookMode | None, WithJsonSchema({"type": "string", "enum": ["terminal", "sync"]})
+]
+"""A webhook mode that may be left out (None): a dropdown in Prefect's run form."""
 
 
 class VideoRequest(BaseModel):
