@@ -101,10 +101,12 @@ _PROCESSING_HALF_LIFE_SECONDS = 60.0
 def markdown_text(value: object, limit: int | None = None) -> str:
     """``value`` as plain text in markdown and HTML: one line, no active character.
 
-    Whitespace runs (newlines included) become one space, control characters go, HTML's
-    special characters become entities and markdown's punctuation is backslash-escaped, so
-    no link, image, emphasis, table cell, autolink or tag can come out of it. ``limit``
-    shortens it first (`shorten`).
+    Whitespace runs (newlines included) become one space and control characters go; HTML's
+    special characters and markdown's punctuation become numeric character references
+    (``&#91;`` for ``[``), which every CommonMark renderer shows as the character and never
+    reads as markup: no link, image, emphasis, table cell, autolink or tag can come out of it.
+    (A backslash escape would do in CommonMark, but Prefect's classic UI shows some, such as
+    ``\\:``, as written.) ``limit`` shortens it first (`shorten`).
     """
     text = " ".join(str(value).split())
     if limit is not None:
@@ -114,10 +116,10 @@ def markdown_text(value: object, limit: int | None = None) -> str:
         if char in _HTML_ENTITIES:
             out.append(_HTML_ENTITIES[char])
         elif char in _MARKDOWN_ACTIVE:
-            out.append("\\" + char)
+            out.append(f"&#{ord(char)};")
         elif char.isprintable():
             out.append(char)
-    return _WWW.sub(r"\1\\.", "".join(out))
+    return _WWW.sub(r"\1&#46;", "".join(out))
 
 
 def markdown_code(value: object) -> str:
@@ -313,17 +315,22 @@ def _pictures(preview: EmbeddedPreview | None) -> list[str]:
         else data_image(preview.poster, width=PREVIEW_SHOWN_WIDTH, alt="first frame")
     )
     lines = [lead, ""] if lead else []
-    cells = [
-        data_image(uri, width=STRIP_SHOWN_WIDTH, alt=f"frame at {at:.1f} s", title=f"{at:.1f} s")
+    frames = [
+        (at, data_image(uri, width=STRIP_SHOWN_WIDTH, alt=f"frame at {at:.1f} s"))
         for uri, at in zip(preview.strip, preview.strip_seconds, strict=False)
     ]
-    cells = [cell for cell in cells if cell]
-    if cells:
-        lines += [" ".join(cells), ""]
-    times = ", ".join(f"{at:.1f}" for at in preview.strip_seconds)
+    frames = [(at, cell) for at, cell in frames if cell]
+    if frames:
+        # A one-row table: the new UI shows images one under the other outside a table.
+        lines += [
+            "| " + " | ".join(f"{at:.1f} s" for at, _ in frames) + " |",
+            "|" + "---|" * len(frames),
+            "| " + " | ".join(cell for _, cell in frames) + " |",
+            "",
+        ]
     what = "A moving preview" if moving else "The first frame"
     lines += [
-        f"*{what} and frames at {times} s, kept in this artifact: they show after every "
+        f"*{what} and {len(frames)} frames, kept in this artifact: they show after every "
         "link has expired.*",
         "",
     ]

@@ -15,7 +15,7 @@ from prefect_kandinsky.gateway.constants import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT_SECONDS,
 )
-from prefect_kandinsky.gateway.models import DEFAULT_MODEL_ID
+from prefect_kandinsky.gateway.models import DEFAULT_MODEL_ID, without_null
 
 API_KEY_ENV = "KANDINSKY_API_KEY"
 """Environment variable read by ``KandinskyCredentials.from_env``."""
@@ -75,6 +75,7 @@ class KandinskyCredentials(CredentialsBlock):
         description="Retries of one gateway call on 429, 5xx and connection errors.",
     )
     webhook_secret: SecretStr | None = Field(
+        json_schema_extra=without_null,
         default=None,
         title="Webhook secret",
         description="Server secret that signs the tokens of webhook callback URLs and that "

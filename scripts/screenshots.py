@@ -76,7 +76,13 @@ def wait_for(url: str, seconds: float) -> None:
 
 def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_API_PORT=str(port),
+        # The UI asks this address for its data; by default it names port 4200.
+        PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
+    )
     server = subprocess.Popen(
         [
             sys.executable,

@@ -392,13 +392,15 @@ def test_hostile_values_in_a_summary_stay_text() -> None:
     markdown = summary_markdown(persisted, completed)
 
     assert_inert(markdown)
-    assert "\\[Prefect session expired\\]\\(https\\://evil.example/login\\)" in markdown
-    assert "&lt;form action=&quot;https\\://evil.example&quot;&gt;" in markdown
-    assert "(https://img.example/a%29.png?X-Amz-Signature=s1gn&x=%3Cb%3E)" not in markdown
-    assert (
-        "[https\\://REDACTED\\@img.example/a\\).png?X-Amz-Signature=REDACTED&amp;x=&lt;b&gt;]"
-        in (markdown)
+    assert "&#91;Prefect session expired&#93;&#40;https&#58;//evil.example/login&#41;" in markdown
+    assert "&lt;form action=&quot;https&#58;//evil.example&quot;&gt;" in markdown
+    assert "www&#46;evil.example" in markdown
+    link = (
+        "https&#58;//REDACTED&#64;img.example/a&#41;.png?X-Amz-Signature=REDACTED&amp;x=&lt;b&gt;"
     )
+    assert f"[{link}](https://user:pa55@img.example/a%29.png?X-Amz-Signature=s1gn&x=%3Cb%3E)" in (
+        markdown
+    ), "the image URL is a link, its text redacted, its destination percent-encoded"
     assert "\n# heading" not in markdown
 
 

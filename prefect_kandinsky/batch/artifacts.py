@@ -47,6 +47,8 @@ THUMB_WIDTH = 96
 """Width of a row's thumbnail in a batch summary, in pixels."""
 CELL_LENGTH = 48
 """Most characters of a table cell; longer values are shortened with an ellipsis."""
+STORED_AT_LENGTH = 20
+"""Most characters of a stored file's name in the table: its end, where names differ."""
 PROGRESS_INTERVAL_SECONDS = 1.0
 """A batch's progress artifact changes at most this often (and when the last row ends)."""
 
@@ -166,7 +168,7 @@ def batch_table(result: BatchResult) -> list[dict[str, object]]:
             return ""
         if folder and uri.startswith(folder):
             uri = uri[len(folder) :].lstrip("/")
-        return _tail(uri, CELL_LENGTH)
+        return _tail(uri, STORED_AT_LENGTH)
 
     rows: list[dict[str, object]] = [
         {
@@ -175,9 +177,9 @@ def batch_table(result: BatchResult) -> list[dict[str, object]]:
             "stored at": stored_at(record.uri),
             "seconds": f"{record.seconds:.1f}" if record.seconds is not None else "",
             "cost": _row_cost(record),
-            "prompt": _cell(record.prompt, 40),
-            "error": _cell(record.error or "", 60),
-            "request id": _tail(record.request_id or "", 14),
+            "prompt": _cell(record.prompt, 20),
+            "error": _cell(record.error or "", 40),
+            "request id": _tail(record.request_id or "", 13),
         }
         for record in result.rows
     ]

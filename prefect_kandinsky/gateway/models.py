@@ -233,6 +233,18 @@ HttpUrlParam = Annotated[
 """An absolute http(s) URL; a local file name such as ``beach.png`` is refused."""
 DurationText = Annotated[str, BeforeValidator(lambda value: f"{duration_seconds(value)}s")]
 """Whole seconds from 1 to 10 in the gateway's form, ``"5s"``, from ``5``, ``"5"`` or ``"5s"``."""
+
+
+def without_null(schema: dict[str, Any]) -> None:
+    """Drop the ``null`` branch of a field's JSON schema (``json_schema_extra``), so that
+    Prefect's forms do not offer "Property is type None" for a parameter that may be left out."""
+    branches = [branch for branch in schema.pop("anyOf", []) if branch != {"type": "null"}]
+    if len(branches) == 1:
+        schema.update(branches[0])
+    elif branches:
+        schema["anyOf"] = branches
+
+
 OptionalText = Annotated[str | None, WithJsonSchema({"type": "string"})]
 """Text that may be left out (None): a plain text box in Prefect's run form, which shows a
 ``str | None`` parameter as a choice between a text and "Property is type None"."""
