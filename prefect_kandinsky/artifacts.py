@@ -79,13 +79,17 @@ KEY_UNSAFE = re.compile(r"[^a-z0-9-]+")
 DATA_IMAGE = re.compile(r"data:image/(?:jpeg|png|webp|gif);base64,[A-Za-z0-9+/]+={0,2}")
 """A picture the package encoded: the only images an artifact loads besides video links."""
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s")
-_MARKDOWN_ACTIVE = frozenset("\\`*_[]()!|~:@")
+_MARKDOWN_ACTIVE = frozenset("\\`*_[]()!|~")
 """Characters that start markdown inside a line (emphasis, code, links, images, table cells,
 strikethrough, autolinks); values never start a line, so ``#``, ``-`` and ``1.`` stay."""
-_WWW = re.compile(r"(?i)\b(www)\.")
-"""GFM turns ``www.example.com`` into a link even without a scheme."""
+_AUTOLINK_TRIGGERS = re.compile(r"(?i)(:)(?=//)|\b(www)(?=\.)|(@)")
+"""Where GFM starts a link in plain text (``https://``, ``www.``, ``a@b.c``). The new UI finds
+them in the text after escapes are decoded, so a zero-width space goes after each."""
+_ZERO_WIDTH_SPACE = "\u200b"
 _HTML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}
 _URL_SAFE = "/:?#[]@!$&*+,;=%-._~"
+_LINK_TEXT_SAFE = "/:?#@$&+,;=%-._~"
+"""Characters a link's text shows as they are: none starts markdown or HTML in link text."""
 """Characters left as they are in a link's destination; parentheses, quotes, angle brackets,
 backslashes and spaces are percent-encoded, so no URL ends a markdown link early."""
 _QUEUED_PROGRESS = 5.0
@@ -102,11 +106,12 @@ def markdown_text(value: object, limit: int | None = None) -> str:
     """``value`` as plain text in markdown and HTML: one line, no active character.
 
     Whitespace runs (newlines included) become one space and control characters go; HTML's
-    special characters and markdown's punctuation become numeric character references
-    (``&#91;`` for ``[``), which every CommonMark renderer shows as the character and never
-    reads as markup: no link, image, emphasis, table cell, autolink or tag can come out of it.
-    (A backslash escape would do in CommonMark, but Prefect's classic UI shows some, such as
-    ``\\:``, as written.) ``limit`` shortens it first (`shorten`).
+    special characters become named entities (``&lt;``) and markdown's punctuation is
+    backslash-escaped (``\\[``), and a zero-width space breaks each autolink trigger
+    (``https:``, ``www``, ``@``), so no link, image, emphasis, table cell, autolink or tag
+    can come out of it. (Numeric references such as ``&#91;`` would do in CommonMark, but
+    Prefect's classic UI shows them as written; the new UI links ``https://`` in text even
+    when escaped.) ``limit`` shortens it first (`shorten`).
     """
     text = " ".join(str(value).split())
     if limit is not None:
@@ -116,10 +121,10 @@ def markdown_text(value: object, limit: int | None = None) -> str:
         if char in _HTML_ENTITIES:
             out.append(_HTML_ENTITIES[char])
         elif char in _MARKDOWN_ACTIVE:
-            out.append(f"&#{ord(char)};")
+            out.append("\\" + char)
         elif char.isprintable():
             out.append(char)
-    return _WWW.sub(r"\1&#46;", "".join(out))
+    return _AUTOLINK_TRIGGERS.sub(lambda m: m.group(0) + _ZERO_WIDTH_SPACE, "".join(out))
 
 
 def markdown_code(value: object) -> str:
@@ -160,11 +165,16 @@ def safe_http_url(url: str | None) -> str | None:
 def markdown_link(url: str | None, text: object | None = None) -> str:
     """A markdown link to an http(s) ``url``; anything else is shown as inert text, unlinked.
 
-    The text is ``text``, or the URL with its user info and signature redacted.
+    The text is ``text`` (escaped), or the URL with its user info and signature redacted and
+    every character that markdown or HTML could read percent-encoded: Prefect's classic UI
+    shows a link's text as written, escapes included.
     """
-    shown = markdown_text(text if text is not None else redact_url(str(url or "")))
     target = safe_http_url(url)
-    return f"[{shown}]({target})" if target else shown
+    redacted = redact_url(str(url or ""))
+    if target is None:
+        return markdown_text(redacted)
+    shown = markdown_text(text) if text is not None else quote(redacted, safe=_LINK_TEXT_SAFE)
+    return f"[{shown}]({target})"
 
 
 def data_image(uri: str | None, *, width: int, alt: str, title: str | None = None) -> str:
