@@ -156,7 +156,7 @@ def _tail(text: str, limit: int) -> str:
 
 
 def batch_table(result: BatchResult) -> list[dict[str, object]]:
-    """One row per video: row, status, stored at, seconds, cost, prompt, error, request id.
+    """One row per video: row, status, stored at, error, cost, seconds, prompt, request id.
 
     A file is named relative to `stored_folder` (the summary gives the folder); a column
     empty in every row is left out.
@@ -175,10 +175,10 @@ def batch_table(result: BatchResult) -> list[dict[str, object]]:
             "row": _cell(_row_name(record), 24),
             "status": record.state,
             "stored at": stored_at(record.uri),
-            "seconds": f"{record.seconds:.1f}" if record.seconds is not None else "",
+            "error": _cell(record.error or "", 32),
             "cost": _row_cost(record),
+            "seconds": f"{record.seconds:.1f}" if record.seconds is not None else "",
             "prompt": _cell(record.prompt, 20),
-            "error": _cell(record.error or "", 40),
             "request id": _tail(record.request_id or "", 13),
         }
         for record in result.rows
