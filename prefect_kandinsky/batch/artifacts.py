@@ -45,6 +45,8 @@ BATCH_ERRORS = 20
 """Rows not stored whose error a batch summary quotes."""
 THUMB_WIDTH = 96
 """Width of a row's thumbnail in a batch summary, in pixels."""
+THUMBS_PER_ROW = 6
+"""Thumbnails side by side in a batch summary: six of `THUMB_WIDTH` fit an 830 px panel."""
 CELL_LENGTH = 48
 """Most characters of a table cell; longer values are shortened with an ellipsis."""
 STORED_AT_LENGTH = 20
@@ -229,7 +231,12 @@ def batch_markdown(result: BatchResult) -> str:
     cells = [cell for cell in cells if cell]
     if cells:
         more = len(stored) - len(cells)
-        lines += ["### Stored", "", " ".join(cells), ""]
+        # A table: the new UI shows images one under the other outside one.
+        grid = [cells[i : i + THUMBS_PER_ROW] for i in range(0, len(cells), THUMBS_PER_ROW)]
+        width = len(grid[0])
+        lines += ["### Stored", "", "|" + "   |" * width, "|" + "---|" * width]
+        lines += ["| " + " | ".join(row + [""] * (width - len(row))) + " |" for row in grid]
+        lines.append("")
         if more > 0:
             lines += [f"*And {more} more: see the table artifact.*", ""]
     troubled = [r for r in result.rows if not r.done][:BATCH_ERRORS]
