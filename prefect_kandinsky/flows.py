@@ -25,6 +25,7 @@ from prefect_kandinsky.gateway.models import (
     CompletedVideo,
     DurationParam,
     HttpUrlParam,
+    NoNullChoice,
     OptionalText,
     OptionalWebhookMode,
     PersistedVideo,
@@ -50,7 +51,7 @@ async def generate_video(
     resolution: ResolutionParam = "512P",
     duration: DurationParam = 5,
     destination: str | S3Bucket = "output",
-    credentials: KandinskyCredentials | str | None = None,
+    credentials: Annotated[KandinskyCredentials | str | None, NoNullChoice()] = None,
     # Advanced: after the essential parameters above, so the run form shows those first.
     num_inference_steps: StepsParam = 28,
     acceleration: AccelerationParam = "regular",

@@ -32,10 +32,10 @@ def test_closed_sets_are_dropdowns() -> None:
 
 
 def test_no_parameter_offers_a_type_none_choice() -> None:
-    """Optional text is a plain text box: no "Property is type None" choice in the form."""
+    """Optional text is a plain text box, credentials a block or a name: no "type None"."""
     offering_none = [
         name
         for name, field in properties().items()
-        if {"type": "null"} in field.get("anyOf", []) and name != "credentials"
+        if {"type": "null"} in field.get("anyOf", []) or field.get("type") == "null"
     ]
     assert [] == offering_none

@@ -9,6 +9,7 @@ gateway adds later and parse both timestamp forms the gateway uses
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
 from enum import Enum
@@ -243,6 +244,21 @@ def without_null(schema: dict[str, Any]) -> None:
         schema.update(branches[0])
     elif branches:
         schema["anyOf"] = branches
+
+
+class NoNullChoice:
+    """An ``Annotated`` marker whose JSON schema has no ``null`` branch (`without_null`).
+
+    For a union such as ``KandinskyCredentials | str | None``, whose schema refers to a
+    definition and so cannot be written out by hand with ``WithJsonSchema``.
+    """
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: Any, handler: Callable[[Any], dict[str, Any]]
+    ) -> dict[str, Any]:
+        schema = handler(core_schema)
+        without_null(schema)
+        return schema
 
 
 OptionalText = Annotated[str | None, WithJsonSchema({"type": "string"})]
