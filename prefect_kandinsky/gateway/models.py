@@ -465,7 +465,7 @@ class EmbeddedPreview(BaseModel):
         default_factory=list, description="Where in the video each strip frame is, in seconds."
     )
     clip: str | None = Field(
-        default=None, description="A short low-resolution clip as a data:video/mp4 URI."
+        default=None, description="The moving preview: an animated WebP as a data:image/webp URI."
     )
 
     @property
