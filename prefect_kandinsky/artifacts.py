@@ -2,27 +2,35 @@
 
 What one video publishes, in the run that made or reused it:
 
-- ``kandinsky-summary-<id>`` (markdown): headed by the prompt; a playable ``<video>`` while an
-  http(s) link to it lives (the presigned S3 link or the CDN link, both expire), and always a
-  poster frame and a strip of frames embedded as small ``data:`` images, so the summary still
-  shows the video after every link is gone; the input image as a thumbnail; the parameters;
-  the timeline by the gateway's clock; where the file is; its size, checksum and codec.
-- ``kandinsky-video-<id>`` (link): only when the stored copy has an https link (S3).
+- ``kandinsky-summary-<prompt slug>-<id tail>`` (markdown): headed by the prompt's first
+  sentence; a moving preview (an animated WebP) and a strip of frames carried inside the
+  artifact as ``data:`` images, so they show in both Prefect UIs (the new one strips
+  ``<video>``) and after every link is gone; a playable ``<video>`` only while an http(s)
+  link to the video is believed alive (a presigned S3 link before its expiry, or the
+  gateway's CDN link, never a loopback emulator's), with its expiry said; the request, the
+  timeline by the gateway's clock, where the file is, its size, checksum and codec.
+- ``kandinsky-video-<prompt slug>-<id tail>`` (link): only when the stored copy has an https
+  link (S3).
 - a progress artifact while the render runs (not keyed, so the artifacts index lists videos,
   not progress bars).
 - for a generation that ends FAILED or ERROR or outlasts its wait: the same summary key,
   saying what failed, whether it was charged, and the way out.
 
-Nothing here holds a secret: artifacts are built from results, which never carry the API key.
-Keys follow Prefect's rule ``^[a-z0-9-]*$``; descriptions start with the prompt, so the
-artifacts index tells videos apart.
+Everything a run received is untrusted (the prompt, the gateway's words, the image URL, the
+request id, file names): it is written through `markdown_text` or `markdown_code`, which
+leave no markdown or HTML active; links are made only by `markdown_link` from http(s) URLs,
+their text redacted (`redact_url`); images only from ``data:`` URIs the package encoded
+(`data_image`). Nothing here holds a secret: artifacts are built from results, which never
+carry the API key. Keys follow Prefect's rule ``^[a-z0-9-]*$``.
 """
 
 from __future__ import annotations
 
 import html
+import ipaddress
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qsl, quote, urlsplit
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -49,15 +57,41 @@ from prefect_kandinsky.gateway.models import (
     VideoRequest,
 )
 from prefect_kandinsky.gateway.prices import format_cost
+from prefect_kandinsky.media.images import redact_url
 
 NO_PREVIEW_HINT = (
     "No pictures of the video: PyAV is not installed where the flow ran "
     "(`pip install 'prefect-kandinsky[emulator]'` adds it)."
 )
-TITLE_LENGTH = 90
-"""Characters of the prompt shown in headings and descriptions."""
+TITLE_LENGTH = 200
+"""Most characters of the prompt's first sentence shown in headings and descriptions."""
+KEY_SLUG_LENGTH = 40
+"""Most characters of the prompt's slug in an artifact key."""
+KEY_ID_LENGTH = 12
+"""Characters of the request id's end in an artifact key: a UUIDv7 starts with the time,
+shared by requests made close together, and ends with random bits."""
+PREVIEW_SHOWN_WIDTH = 256
+"""Width of the moving preview (or the poster) in a summary, in pixels."""
+STRIP_SHOWN_WIDTH = 112
+"""Width of each strip frame in a summary, in pixels: five fit an 830 px panel."""
 
 KEY_UNSAFE = re.compile(r"[^a-z0-9-]+")
+DATA_IMAGE = re.compile(r"data:image/(?:jpeg|png|webp|gif);base64,[A-Za-z0-9+/]+={0,2}")
+"""A picture the package encoded: the only images an artifact loads besides video links."""
+_SENTENCE_END = re.compile(r"(?<=[.!?…])\s")
+_MARKDOWN_ACTIVE = frozenset("\\`*_[]()!|~")
+"""Characters that start markdown inside a line (emphasis, code, links, images, table cells,
+strikethrough, autolinks); values never start a line, so ``#``, ``-`` and ``1.`` stay."""
+_AUTOLINK_TRIGGERS = re.compile(r"(?i)(:)(?=//)|\b(www)(?=\.)|(@)")
+"""Where GFM starts a link in plain text (``https://``, ``www.``, ``a@b.c``). The new UI finds
+them in the text after escapes are decoded, so a zero-width space goes after each."""
+_ZERO_WIDTH_SPACE = "\u200b"
+_HTML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}
+_URL_SAFE = "/:?#[]@!$&*+,;=%-._~"
+_LINK_TEXT_SAFE = "/:?#@$&+,;=%-._~"
+"""Characters a link's text shows as they are: none starts markdown or HTML in link text."""
+"""Characters left as they are in a link's destination; parentheses, quotes, angle brackets,
+backslashes and spaces are percent-encoded, so no URL ends a markdown link early."""
 _QUEUED_PROGRESS = 5.0
 _PROCESSING_START = 10.0
 _PROCESSING_CEILING = 95.0
@@ -65,10 +99,135 @@ _PROCESSING_HALF_LIFE_SECONDS = 60.0
 """Processing progress creeps from 10% towards 95%, half the way in this many seconds."""
 
 
-def artifact_key(request_id: str, kind: str) -> str:
-    """A Prefect artifact key for one video: ``kandinsky-<kind>-<request id>``, sanitised."""
-    raw = f"kandinsky-{kind}-{request_id.split('_', 1)[-1]}".lower()
-    return KEY_UNSAFE.sub("-", raw).strip("-")[:200]
+# -- untrusted values, made inert ------------------------------------------------------------
+
+
+def markdown_text(value: object, limit: int | None = None) -> str:
+    """``value`` as plain text in markdown and HTML: one line, no active character.
+
+    Whitespace runs (newlines included) become one space and control characters go; HTML's
+    special characters become named entities (``&lt;``) and markdown's punctuation is
+    backslash-escaped (``\\[``), and a zero-width space breaks each autolink trigger
+    (``https:``, ``www``, ``@``), so no link, image, emphasis, table cell, autolink or tag
+    can come out of it. (Numeric references such as ``&#91;`` would do in CommonMark, but
+    Prefect's classic UI shows them as written; the new UI links ``https://`` in text even
+    when escaped.) ``limit`` shortens it first (`shorten`).
+    """
+    text = " ".join(str(value).split())
+    if limit is not None:
+        text = shorten(text, limit)
+    out = []
+    for char in text:
+        if char in _HTML_ENTITIES:
+            out.append(_HTML_ENTITIES[char])
+        elif char in _MARKDOWN_ACTIVE:
+            out.append("\\" + char)
+        elif char.isprintable():
+            out.append(char)
+    return _AUTOLINK_TRIGGERS.sub(lambda m: m.group(0) + _ZERO_WIDTH_SPACE, "".join(out))
+
+
+def markdown_code(value: object) -> str:
+    """``value`` in monospace, as inert as `markdown_text` (a ``<code>`` element around it).
+
+    Not a backtick code span: a span shows ``<`` and ``&`` as written, which is right in
+    a markdown renderer but leaves raw markup in the text for any other reader.
+    """
+    return f"<code>{markdown_text(value)}</code>"
+
+
+def markdown_cell(text: object) -> str:
+    """``text`` as inert text in one markdown table cell."""
+    return markdown_text(text)
+
+
+def html_attribute(value: object) -> str:
+    """``value`` quoted for an HTML attribute (``alt``, ``title``): one line, escaped."""
+    return html.escape(" ".join(str(value).split()), quote=True)
+
+
+def safe_http_url(url: str | None) -> str | None:
+    """``url`` ready for a link or a ``src`` when it is an http(s) URL with a host, else None.
+
+    Characters that could end a markdown link or an HTML attribute are percent-encoded.
+    """
+    if not url:
+        return None
+    try:
+        parts = urlsplit(str(url).strip())
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    return quote(str(url).strip(), safe=_URL_SAFE)
+
+
+def markdown_link(url: str | None, text: object | None = None) -> str:
+    """A markdown link to an http(s) ``url``; anything else is shown as inert text, unlinked.
+
+    The text is ``text`` (escaped), or the URL with its user info and signature redacted and
+    every character that markdown or HTML could read percent-encoded: Prefect's classic UI
+    shows a link's text as written, escapes included.
+    """
+    target = safe_http_url(url)
+    redacted = redact_url(str(url or ""))
+    if target is None:
+        return markdown_text(redacted)
+    shown = markdown_text(text) if text is not None else quote(redacted, safe=_LINK_TEXT_SAFE)
+    return f"[{shown}]({target})"
+
+
+def data_image(uri: str | None, *, width: int, alt: str, title: str | None = None) -> str:
+    """An ``<img>`` of a ``data:`` picture the package encoded; "" for anything else."""
+    if not uri or not DATA_IMAGE.fullmatch(uri):
+        return ""
+    extra = f' title="{html_attribute(title)}"' if title else ""
+    return f'<img src="{uri}" width="{width}" alt="{html_attribute(alt)}"{extra}>'
+
+
+# -- names ------------------------------------------------------------------------------------
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut at a word near ``limit`` characters, with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0] or text[:limit]
+    return cut.rstrip(",;:.") + "…"
+
+
+def first_sentence(prompt: str | None, limit: int = TITLE_LENGTH) -> str:
+    """The prompt's first sentence on one line (all of it up to ``limit`` characters)."""
+    text = " ".join((prompt or "").split()) or "Kandinsky video"
+    return shorten(_SENTENCE_END.split(text, maxsplit=1)[0], limit)
+
+
+def short_prompt(prompt: str | None, limit: int = TITLE_LENGTH) -> str:
+    """The prompt on one line, cut at a word near ``limit`` characters with an ellipsis."""
+    return shorten(" ".join((prompt or "").split()) or "Kandinsky video", limit)
+
+
+def prompt_slug(prompt: str | None, limit: int = KEY_SLUG_LENGTH) -> str:
+    """The prompt's first words as ``lower-case-words``, at most ``limit`` characters."""
+    words = re.findall(r"[a-z0-9]+", (prompt or "").lower())
+    slug = ""
+    for word in words:
+        longer = f"{slug}-{word}" if slug else word
+        if len(longer) > limit:
+            break
+        slug = longer
+    return slug or (words[0][:limit] if words else "video")
+
+
+def artifact_key(request_id: str, kind: str, prompt: str | None = None) -> str:
+    """``kandinsky-<kind>-<prompt slug>-<id tail>``: tells videos apart by prompt and id.
+
+    The id's tail is its last `KEY_ID_LENGTH` letters and digits (the random end of a
+    UUIDv7). Keys match Prefect's ``^[a-z0-9-]*$`` and stay under 80 characters.
+    """
+    tail = re.sub(r"[^a-z0-9]", "", request_id.lower())[-KEY_ID_LENGTH:] or "unknown"
+    raw = f"kandinsky-{kind}-{prompt_slug(prompt)}-{tail}"
+    return KEY_UNSAFE.sub("-", raw).strip("-")
 
 
 def in_run() -> bool:
@@ -76,18 +235,12 @@ def in_run() -> bool:
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
-def short_prompt(prompt: str | None, limit: int = TITLE_LENGTH) -> str:
-    """The prompt on one line, cut at a word near ``limit`` characters with an ellipsis."""
-    text = " ".join((prompt or "").split()) or "Kandinsky video"
-    if len(text) <= limit:
-        return text
-    cut = text[:limit].rsplit(" ", 1)[0] or text[:limit]
-    return cut.rstrip(",;:.") + "…"
+# -- times and links ----------------------------------------------------------------------------
 
 
-def markdown_cell(text: object) -> str:
-    """``text`` made safe for one markdown table cell."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def clock(value: datetime) -> str:
+    """A moment as ``YYYY-MM-DD HH:MM:SS UTC``: whole seconds, as the gateway writes some."""
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _status_text(error: KandinskyJobError) -> str:
@@ -107,152 +260,211 @@ def _whole(seconds: int) -> str:
     return f"{seconds} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
-def _clock(value: datetime) -> str:
-    moment = value.astimezone(timezone.utc)
-    text = moment.strftime("%Y-%m-%d %H:%M:%S")
-    return text + (f".{moment.microsecond // 1000:03d}" if moment.microsecond else "") + " UTC"
+def _is_loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
-def _is_http(url: str | None) -> bool:
-    return bool(url) and str(url).startswith(("https://", "http://"))
+def signed_expiry(url: str) -> datetime | None:
+    """When a presigned (SigV4) link stops working, from its ``X-Amz-Date`` and ``-Expires``."""
+    try:
+        query = {k.lower(): v for k, v in parse_qsl(urlsplit(url).query)}
+        signed = datetime.strptime(query["x-amz-date"], "%Y%m%dT%H%M%SZ")
+        return signed.replace(tzinfo=timezone.utc) + timedelta(seconds=int(query["x-amz-expires"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def live_video_link(
+    persisted: PersistedVideo, now: datetime | None = None
+) -> tuple[str, str] | None:
+    """The http(s) link a ``<video>`` may play, and what is known of its lifetime.
+
+    None when no link is believed alive: a presigned link past its expiry, a CDN link past
+    its signed expiry, or a CDN on a loopback address (the emulator, gone when it stops).
+    """
+    now = now or datetime.now(timezone.utc)
+    presigned = safe_http_url(persisted.public_url)
+    expires = persisted.public_url_expires_at
+    if presigned and (expires is None or expires > now):
+        until = f", valid until {clock(expires)}" if expires else ""
+        return presigned, f"a presigned S3 link{until}"
+    cdn = safe_http_url(persisted.source_url)
+    if cdn is None or _is_loopback(persisted.source_url):
+        return None
+    expires = signed_expiry(persisted.source_url)
+    if expires is None:
+        return cdn, "the gateway's CDN link, which expires (the gateway does not say when)"
+    if expires > now:
+        return cdn, f"the gateway's CDN link, valid until {clock(expires)}"
+    return None
 
 
 # -- building blocks of the summaries -----------------------------------------------------
 
 
-def _pictures(preview: EmbeddedPreview | None, *, video_src: str | None) -> list[str]:
-    """The video itself: a playable <video> while a link lives, and what the artifact keeps.
+def _moving(preview: EmbeddedPreview) -> str | None:
+    """The preview's animated picture (WebP or GIF), if it has one."""
+    clip = preview.clip
+    return clip if clip and clip.startswith(("data:image/webp", "data:image/gif")) else None
 
-    The Prefect UI drops a <video>'s ``poster``, so the poster is an image of its own,
-    beside the preview clip when there is one.
-    """
-    lines: list[str] = []
-    if video_src is not None:
-        width = preview.width * 2 if preview is not None else 512
-        lines += [
-            f'<video controls preload="metadata" width="{width}" '
-            f'src="{html.escape(video_src)}"></video>',
-            "",
-        ]
+
+def _pictures(preview: EmbeddedPreview | None) -> list[str]:
+    """The moving preview (or the poster), then the strip of frames: each shown once."""
     if preview is None:
-        return [*lines, f"*{NO_PREVIEW_HINT}*", ""]
-    kept = [f'<img src="{preview.poster}" width="{preview.width}" alt="poster frame">']
-    if preview.clip is not None:
-        kept.append(
-            f'<video controls loop muted width="{preview.width}" src="{preview.clip}"></video>'
-        )
-    lines += [" ".join(kept), ""]
-    if preview.strip:
-        cells = [
-            f'<img src="{uri}" width="{min(preview.width, 120)}" alt="frame at {at:.1f} s" '
-            f'title="{at:.1f} s">'
-            for uri, at in zip(preview.strip, preview.strip_seconds, strict=False)
-        ]
-        times = ", ".join(f"{at:.1f} s" for at in preview.strip_seconds)
-        clip = " and a low-resolution preview clip" if preview.clip is not None else ""
+        return [f"*{NO_PREVIEW_HINT}*", ""]
+    moving = _moving(preview)
+    lead = (
+        data_image(moving, width=PREVIEW_SHOWN_WIDTH, alt="moving preview of the video")
+        if moving
+        else data_image(preview.poster, width=PREVIEW_SHOWN_WIDTH, alt="first frame")
+    )
+    lines = [lead, ""] if lead else []
+    frames = [
+        (at, data_image(uri, width=STRIP_SHOWN_WIDTH, alt=f"frame at {at:.1f} s"))
+        for uri, at in zip(preview.strip, preview.strip_seconds, strict=False)
+    ]
+    frames = [(at, cell) for at, cell in frames if cell]
+    if frames:
+        # A one-row table: the new UI shows images one under the other outside a table.
         lines += [
-            " ".join(cells),
-            "",
-            f"*Poster{clip}; frames at {times}. These stay in this artifact after the "
-            "links expire.*",
+            "| " + " | ".join(f"{at:.1f} s" for at, _ in frames) + " |",
+            "|" + "---|" * len(frames),
+            "| " + " | ".join(cell for _, cell in frames) + " |",
             "",
         ]
+    what = "A moving preview" if moving else "The first frame"
+    lines += [
+        f"*{what} and {len(frames)} frames, kept in this artifact: they show after every "
+        "link has expired.*",
+        "",
+    ]
     return lines
+
+
+def _player(persisted: PersistedVideo, preview: EmbeddedPreview | None) -> list[str]:
+    """A ``<video>`` of the full video while its link is believed alive, and its expiry."""
+    link = live_video_link(persisted)
+    if link is None:
+        return []
+    src, lifetime = link
+    width = 2 * preview.width if preview is not None else 512
+    return [
+        f'<video controls preload="metadata" width="{min(width, 512)}" '
+        f'src="{html.escape(src)}"></video>',
+        "",
+        f"*The full video plays from {lifetime}. Prefect's new UI shows no player: the "
+        "preview above stands in for it.*",
+        "",
+    ]
+
+
+def _fields(rows: list[tuple[str, str]]) -> list[str]:
+    """A list of ``**Name:** value`` lines: wraps in a narrow panel, unlike a wide table."""
+    return [*(f"- **{name}:** {value}" for name, value in rows), ""]
 
 
 def _request_lines(request: VideoRequest | None, input_preview: str | None) -> list[str]:
     if request is None:
         return []
     lines = ["### Request", ""]
-    if input_preview is not None:
-        lines += [
-            f'<img src="{input_preview}" width="160" alt="input image"> ',
-            "",
+    thumbnail = data_image(input_preview, width=160, alt="input image")
+    if thumbnail:
+        lines += [thumbnail, ""]
+    lines += _fields(
+        [
+            ("Prompt", markdown_text(request.prompt)),
+            ("Image", markdown_link(request.image_url)),
+            (
+                "Parameters",
+                f"{markdown_text(request.resolution)}, {markdown_text(request.duration)}, "
+                f"{request.num_inference_steps} steps, "
+                f"{markdown_text(request.acceleration)} acceleration",
+            ),
+            ("Estimated cost", markdown_text(request.estimated_cost_label)),
         ]
-    lines += [
-        "| Parameter | Value |",
-        "|---|---|",
-        f"| prompt | {markdown_cell(request.prompt)} |",
-        f"| image_url | [{markdown_cell(short_prompt(request.image_url, 80))}]"
-        f"({request.image_url}) |",
-        f"| resolution | {request.resolution} |",
-        f"| duration | {request.duration} |",
-        f"| num_inference_steps | {request.num_inference_steps} |",
-        f"| acceleration | {request.acceleration} |",
-        f"| estimated cost | {request.estimated_cost_label} |",
-        "",
-    ]
+    )
     return lines
 
 
 def _timeline_lines(video: CompletedVideo) -> list[str]:
-    lines = ["### Timeline", "", "| Status | At | Source |", "|---|---|---|"]
+    lines = ["### Timeline", "", "| Status | At | Seen by |", "|---|---|---|"]
     lines += [
-        f"| {event.status.value} | {_clock(event.at)} | "
-        f"{'gateway' if event.source == 'gateway' else 'first seen by a status read'} |"
+        f"| {markdown_text(event.status.value)} | {clock(event.at)} | "
+        f"{'the gateway' if event.source == 'gateway' else 'a status read'} |"
         for event in sorted(video.timeline, key=lambda event: event.at)
     ]
     lines.append("")
+    note = "Times in whole seconds, by the gateway's clock (it writes some in whole seconds)."
     if video.total_seconds is not None:
-        # The gateway gives some timestamps in whole seconds: so are the durations, and the
-        # two parts add up to the whole.
         total = round(video.total_seconds)
         if video.queue_seconds is not None:
             queued = min(round(video.queue_seconds), total)
             lines.append(
                 f"Queued {_whole(queued)}, then rendered for {_whole(total - queued)}: "
-                f"{_whole(total)} from submission to completion, by the gateway's timestamps."
+                f"{_whole(total)} from submission to completion. {note}"
             )
         else:
             lines.append(
-                f"{_whole(total).capitalize()} from submission to completion, by the gateway's "
-                "timestamps (no status read fell while it was PROCESSING, so queue and render "
-                "time are not told apart)."
+                f"{_whole(total).capitalize()} from submission to completion (no status read "
+                f"fell while it was PROCESSING, so queue and render time are not told apart). "
+                f"{note}"
             )
-        lines.append("")
-    return lines
+    else:
+        lines.append(note)
+    return [*lines, ""]
 
 
 def _output_lines(persisted: PersistedVideo, video: CompletedVideo | None) -> list[str]:
-    rows: list[tuple[str, str]] = [("Request id", f"`{persisted.request_id}`")]
-    if persisted.uri.startswith(("s3://", "block:")):
-        rows.append(("Stored at", f"`{persisted.uri}`"))
-    else:
-        rows.append(("Stored at", f"`{persisted.uri}` (a path on the machine that ran the flow)"))
+    where = markdown_code(persisted.uri)
+    if not persisted.uri.startswith(("s3://", "block:")):
+        where += " (a path on the machine that ran the flow)"
+    rows: list[tuple[str, str]] = [("Stored at", where)]
     if persisted.public_url:
         until = (
-            f", valid until {_clock(persisted.public_url_expires_at)}"
+            f", valid until {clock(persisted.public_url_expires_at)}"
             if persisted.public_url_expires_at
             else ""
         )
-        rows.append(("Link", f"[presigned download]({persisted.public_url}){until}"))
-    if _is_http(persisted.source_url):
-        rows.append(("Gateway CDN", f"[output]({persisted.source_url}) (CDN links expire)"))
-    rows += [
-        ("Size", f"{persisted.size_bytes:,} bytes"),
-        ("SHA-256", f"`{persisted.sha256}`"),
-    ]
-    if persisted.frames is not None:
-        rows.append(
-            (
-                "Video",
-                f"{persisted.codec or 'unknown codec'}, {persisted.width}x{persisted.height}, "
-                f"{persisted.frames} frames at {persisted.fps or 0:g} fps"
-                + (
-                    f", {persisted.duration_seconds:.2f} s"
-                    if persisted.duration_seconds is not None
-                    else ""
-                ),
+        rows.append(("Download", f"{markdown_link(persisted.public_url)}{until}"))
+    if safe_http_url(persisted.source_url):
+        if _is_loopback(persisted.source_url):
+            rows.append(
+                (
+                    "Gateway CDN",
+                    f"{markdown_text(redact_url(persisted.source_url))} (a local emulator's "
+                    "link: gone once it stops)",
+                )
             )
+        else:
+            rows.append(("Gateway CDN", f"{markdown_link(persisted.source_url)} (expires)"))
+    rows.append(("Size", f"{persisted.size_bytes:,} bytes"))
+    if persisted.frames is not None:
+        shape = (
+            f"{markdown_text(persisted.codec or 'unknown codec')}, "
+            f"{persisted.width}x{persisted.height}, {persisted.frames} frames at "
+            f"{persisted.fps or 0:g} fps"
         )
+        if persisted.duration_seconds is not None:
+            shape += f", {persisted.duration_seconds:.2f} s"
+        rows.append(("Video", shape))
     elif persisted.media_type:
-        rows.append(("Media type", persisted.media_type))
+        rows.append(("Media type", markdown_text(persisted.media_type)))
     request = video.request if video else None
     if request is not None:
-        rows.append(("Cost", f"{request.estimated_cost_label} (documented price table)"))
-    lines = ["### Output", "", "| Field | Value |", "|---|---|"]
-    lines += [f"| {name} | {markdown_cell(value)} |" for name, value in rows]
-    return [*lines, ""]
+        rows.append(
+            ("Cost", f"{markdown_text(request.estimated_cost_label)} (documented price table)")
+        )
+    rows += [
+        ("Request id", markdown_code(persisted.request_id)),
+        ("SHA-256", markdown_code(persisted.sha256)),
+    ]
+    return ["### Output", "", *_fields(rows)]
 
 
 # -- summaries ----------------------------------------------------------------------------
@@ -261,16 +473,9 @@ def _output_lines(persisted: PersistedVideo, video: CompletedVideo | None) -> li
 def summary_markdown(persisted: PersistedVideo, video: CompletedVideo | None) -> str:
     """The per-video summary: the video itself, the request, its timeline and the stored file."""
     request = video.request if video else None
-    title = short_prompt(request.prompt if request else None)
-    video_src = persisted.public_url or (
-        persisted.source_url if _is_http(persisted.source_url) else None
-    )
-    lines = [f"## {markdown_cell(title)}", ""]
-    if video_src is not None:
-        source = "a presigned S3 link" if persisted.public_url else "the gateway's CDN link"
-        kept = "; the frames below are kept in this artifact" if persisted.preview else ""
-        lines += [f"*Plays from {source}, which expires{kept}.*", ""]
-    lines += _pictures(persisted.preview, video_src=video_src)
+    lines = [f"## {markdown_text(first_sentence(request.prompt if request else None))}", ""]
+    lines += _pictures(persisted.preview)
+    lines += _player(persisted, persisted.preview)
     lines += _request_lines(request, video.input_preview if video else None)
     if video is not None:
         lines += _timeline_lines(video)
@@ -287,8 +492,8 @@ def _charged(error: KandinskyJobError, cost: str) -> str:
 
 
 def _way_out(error: KandinskyJobError) -> list[str]:
-    request_id = error.request_id
     if isinstance(error, KandinskyWaitTimeoutError):
+        request_id = re.sub(r"[^A-Za-z0-9_.-]", "", error.request_id or "")
         return [
             "The generation goes on at the gateway: **resume waiting with its request id**, "
             "do not submit again (that would be a second bill):",
@@ -317,21 +522,25 @@ def failure_markdown(error: KandinskyJobError, job: VideoJob | None = None) -> s
     status = _status_text(error)
     label = "TIMED OUT" if isinstance(error, KandinskyWaitTimeoutError) else status
     cost = request.estimated_cost_label if request else format_cost(None)
-    lines = [
-        f"## {markdown_cell(short_prompt(request.prompt if request else None))}",
-        "",
-        f"**{label}**: no video was stored.",
-        "",
-        "| Field | Value |",
-        "|---|---|",
-        f"| Status | {status} |",
-        f"| Gateway's error | {markdown_cell(error.error or 'none given')} |",
-        f"| Charged | {markdown_cell(_charged(error, cost))} |",
-        f"| Request id | `{error.request_id}` |",
+    rows = [
+        ("Status", markdown_text(status)),
+        ("Gateway's error", markdown_text(error.error or "none given")),
+        ("Charged", _charged(error, markdown_text(cost))),
+        ("Request id", markdown_code(error.request_id or "unknown")),
     ]
     if isinstance(error, KandinskyWaitTimeoutError):
-        lines.append(f"| Waited | {_seconds(error.waited_seconds)} |")
-    lines += ["", "### What now", "", *_way_out(error), ""]
+        rows.append(("Waited", _seconds(error.waited_seconds)))
+    lines = [
+        f"## {markdown_text(first_sentence(request.prompt if request else None))}",
+        "",
+        f"**{markdown_text(label)}**: no video was stored.",
+        "",
+        *_fields(rows),
+        "### What now",
+        "",
+        *_way_out(error),
+        "",
+    ]
     lines += _request_lines(request, job.input_preview if job else None)
     return "\n".join(lines)
 
@@ -340,8 +549,8 @@ def failure_markdown(error: KandinskyJobError, job: VideoJob | None = None) -> s
 
 
 def describe(prompt: str | None, what: str) -> str:
-    """An artifact description: the start of the prompt, then what the artifact shows."""
-    return f"{short_prompt(prompt, 60)} — {what}"
+    """An artifact description: the prompt's first sentence, then what the artifact shows."""
+    return f"{markdown_text(first_sentence(prompt))} — {markdown_text(what)}"
 
 
 async def publish_video_artifacts(
@@ -359,16 +568,19 @@ async def publish_video_artifacts(
     ids = [
         await acreate_markdown_artifact(
             markdown=summary_markdown(persisted, video),
-            key=artifact_key(persisted.request_id, "summary"),
+            key=artifact_key(persisted.request_id, "summary", prompt),
             description=describe(prompt, f"{shape}stored at {persisted.uri}"),
         )
     ]
-    if persisted.public_url:
+    link = safe_http_url(persisted.public_url)
+    if link:
         ids.append(
             await acreate_link_artifact(
-                link=persisted.public_url,
-                link_text=f"{short_prompt(prompt, 60)} (presigned link to {persisted.uri})",
-                key=artifact_key(persisted.request_id, "video"),
+                link=link,
+                link_text=markdown_text(
+                    f"{first_sentence(prompt, 60)} (presigned link to {persisted.uri})"
+                ),
+                key=artifact_key(persisted.request_id, "video", prompt),
                 description=describe(prompt, f"download link of {persisted.uri}; it expires"),
             )
         )
@@ -386,12 +598,11 @@ async def publish_failure_summary(
         return None
     label = "timed out" if isinstance(error, KandinskyWaitTimeoutError) else "failed"
     status = _status_text(error)
+    prompt = job.request.prompt if job else None
     return await acreate_markdown_artifact(
         markdown=failure_markdown(error, job),
-        key=artifact_key(error.request_id or "unknown", "summary"),
-        description=describe(
-            job.request.prompt if job else None, f"{label} ({status}), {error.request_id}"
-        ),
+        key=artifact_key(error.request_id or "unknown", "summary", prompt),
+        description=describe(prompt, f"{label} ({status}), {error.request_id}"),
     )
 
 

@@ -5,6 +5,7 @@ prefect-kandinsky demo                      # one video through the flow, on the
 prefect-kandinsky generate --prompt ... --image URL_OR_PATH [--emulator | --credentials NAME]
 prefect-kandinsky batch MANIFEST [--emulator | --credentials NAME] [--max-cost 20]
 prefect-kandinsky webhooks serve --certfile cert.pem --keyfile key.pem   # callbacks -> events
+prefect-kandinsky show kandinsky-summary-... # an artifact for a terminal, pictures left out
 prefect-kandinsky emulator --port 8080      # serve the gateway emulator
 ```
 
@@ -23,9 +24,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -98,14 +100,37 @@ def _add_video_arguments(parser: argparse.ArgumentParser) -> None:
         default=28,
         help="num_inference_steps, 20 to 50 (default: %(default)s)",
     )
-    parser.add_argument("--acceleration", choices=ACCELERATIONS, default="regular")
     parser.add_argument(
-        "--output", default="output", help="directory or block such as s3-bucket/videos"
+        "--acceleration",
+        choices=ACCELERATIONS,
+        default="regular",
+        help="speed versus quality (default: %(default)s)",
     )
-    parser.add_argument("--poll-interval", type=float, default=None, help="first poll, seconds")
+    parser.add_argument(
+        "--output",
+        default="output",
+        help="directory or block such as s3-bucket/videos (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=None,
+        help="seconds before the first status read; later reads back off (default: 2)",
+    )
     parser.add_argument(
         "--verbose", action="store_true", help="show Prefect's own log lines as well"
     )
+
+
+def version() -> str:
+    """The installed version of prefect-kandinsky."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("prefect-kandinsky")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,18 +140,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="Kandinsky 5.0 Pro image-to-video through Prefect flows."
     )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {version()}", help="show the version"
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = commands.add_parser(
         "demo", help="generate a video from the sample image on the built-in emulator"
     )
-    demo.add_argument("--output", default="output", help="directory for the MP4")
-    demo.add_argument("--resolution", type=_argument(check_resolution), default="512P")
-    demo.add_argument("--duration", type=_argument(duration_seconds), default=3)
+    demo.add_argument(
+        "--output", default="output", help="directory for the MP4 (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--resolution",
+        type=_argument(check_resolution),
+        default="512P",
+        help=f"one of {', '.join(RESOLUTIONS)} (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--duration",
+        type=_argument(duration_seconds),
+        default=3,
+        help='seconds, as 3 or "3s"; 3, 5 and 10 are documented (default: %(default)s)',
+    )
     demo.add_argument("--verbose", action="store_true", help="show Prefect's own log lines")
 
     generate = commands.add_parser("generate", help="run the generate-video flow once")
-    generate.add_argument("--prompt", required=True)
+    generate.add_argument(
+        "--prompt", required=True, help="the motion, camera movement and mood to generate"
+    )
     generate.add_argument(
         "--image", required=True, help="image URL, or a local file with --emulator"
     )
@@ -166,7 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.add_argument("--batch-id", help="the batch's identity (default: the manifest)")
     batch.add_argument("--ledger", help="folder or storage block of the rows' records")
-    batch.add_argument("--no-check-image", dest="check_image", action="store_false")
+    batch.add_argument(
+        "--no-check-image",
+        dest="check_image",
+        action="store_false",
+        help="do not fetch the images before paying (for hosts only the gateway can reach)",
+    )
     batch.add_argument("--retry-failed", action="store_true", help="submit FAILED rows again")
     batch.add_argument(
         "--overwrite",
@@ -200,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--certfile", help="PEM certificate chain, for https")
     serve.add_argument("--keyfile", help="PEM private key, when not in --certfile")
     serve.add_argument("--log-level", default="info", help="(default: %(default)s)")
+
+    show = commands.add_parser(
+        "show",
+        help="print an artifact's markdown with its embedded pictures left out (for a terminal)",
+    )
+    show.add_argument("key", help="the artifact's key, e.g. kandinsky-summary-...")
 
     emulator = commands.add_parser("emulator", help="serve the gateway emulator")
     add_emulator_arguments(emulator)
@@ -398,13 +451,32 @@ async def _call(flow: Any, parameters: dict[str, Any]) -> Any:
 # -- reporting ----------------------------------------------------------------------------
 
 
+def ui_url() -> str:
+    """The address of the Prefect UI that shows this command's runs.
+
+    Prefect's own setting, ``PREFECT_UI_URL`` (which Prefect infers from ``PREFECT_API_URL``
+    when it is not set); without a server, the address ``prefect server start`` would serve,
+    from ``PREFECT_SERVER_API_HOST`` and ``PREFECT_SERVER_API_PORT``.
+    """
+    from prefect.settings import PREFECT_SERVER_API_HOST, PREFECT_SERVER_API_PORT, PREFECT_UI_URL
+
+    configured = PREFECT_UI_URL.value()
+    if configured:
+        return str(configured).rstrip("/")
+    host = str(PREFECT_SERVER_API_HOST.value())
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{PREFECT_SERVER_API_PORT.value()}"
+
+
 def _ui_hint(flow_run_id: UUID | None) -> list[str]:
+    """Where to see a run in the Prefect UI, and how to start a server for it if none runs."""
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME
 
     page = f"/runs/flow-run/{flow_run_id}" if flow_run_id else "/artifacts"
-    api = PREFECT_API_URL.value()
-    if api:
-        return [f"Open:        {api.removesuffix('/api')}{page}"]
+    if PREFECT_API_URL.value():
+        return [f"Open:        {ui_url()}{page}"]
     prefect = Path(sys.executable).with_name("prefect")
     command = prefect if prefect.exists() else "prefect"
     home = PREFECT_HOME.value()
@@ -412,7 +484,7 @@ def _ui_hint(flow_run_id: UUID | None) -> list[str]:
         f"Open:        the runs and artifacts are stored under {home}; to browse them run",
         f"             PREFECT_HOME={home} PREFECT_SERVER_ANALYTICS_ENABLED=false "
         f"{command} server start",
-        f"             and open http://127.0.0.1:4200{page}",
+        f"             and open {ui_url()}{page}",
     ]
 
 
@@ -460,7 +532,7 @@ def _report(persisted: PersistedVideo, flow_run_id: UUID | None) -> None:
     print("\n".join(lines))
 
 
-def _finish(state: Any) -> int:
+def _finish(state: Any, prompt: str) -> int:
     from prefect_kandinsky.gateway.exceptions import KandinskyError
 
     flow_run_id = state.state_details.flow_run_id
@@ -474,7 +546,7 @@ def _finish(state: Any) -> int:
         from prefect_kandinsky.artifacts import artifact_key
 
         print(
-            f"Summary:     artifact {artifact_key(error.request_id, 'summary')}",
+            f"Summary:     artifact {artifact_key(error.request_id, 'summary', prompt)}",
             file=sys.stderr,
         )
     for line in _ui_hint(flow_run_id):
@@ -506,7 +578,7 @@ def _demo(args: argparse.Namespace) -> int:
             credentials=_credentials(argparse.Namespace(credentials=None), server),
             poll_interval_seconds=0.5,
         )
-        return _finish(state)
+        return _finish(state, request.prompt)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -539,7 +611,7 @@ def _generate(args: argparse.Namespace) -> int:
             check_image=args.check_image,
             poll_interval_seconds=args.poll_interval,
         )
-        return _finish(state)
+        return _finish(state, request.prompt)
 
 
 class _BatchDisplay:
@@ -815,6 +887,47 @@ def _way_out(result: Any) -> str:
     return "; ".join(ways)
 
 
+EMBEDDED = re.compile(
+    r'<img src="data:([\w/+.-]+);base64,([A-Za-z0-9+/=]*)"[^>]*?alt="([^"]*)"[^>]*>'
+)
+"""An embedded picture in an artifact's markdown: its type, bytes (base64) and alt text."""
+
+
+def readable_markdown(markdown: str) -> str:
+    """``markdown`` with each embedded picture replaced by a short note of what it was."""
+
+    def note(match: re.Match[str]) -> str:
+        size = len(match.group(2)) * 3 // 4
+        return f"[picture: {match.group(3)}, {match.group(1)}, {size / 1000:.1f} KB]"
+
+    return EMBEDDED.sub(note, markdown)
+
+
+def _show(key: str) -> int:
+    """Print the latest artifact of ``key`` for a terminal: pictures become one-line notes."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=1,
+            )
+
+    found = asyncio.run(read())
+    if not found:
+        raise UsageError(f"no artifact with the key {key!r}; `prefect artifact ls` lists them")
+    artifact = found[0]
+    if artifact.description:
+        print(readable_markdown(str(artifact.description)), end="\n\n")
+    data = artifact.data
+    print(readable_markdown(data) if isinstance(data, str) else data)
+    return 0
+
+
 def _serve_webhooks(args: argparse.Namespace) -> int:
     from prefect_kandinsky.events.server import serve
 
@@ -837,10 +950,48 @@ def _serve_webhooks(args: argparse.Namespace) -> int:
     return 0
 
 
+TELEMETRY_CHOICES = ("PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK", "PREFECT_API_URL")
+"""Environment variables by which a user has already chosen about Prefect's telemetry (or
+runs against a Prefect server of their own); the command then leaves telemetry as it is."""
+
+
+def quiet_telemetry(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Turn Prefect's telemetry off for the temporary server this command starts.
+
+    Offline, Prefect's telemetry logs an error (or a ``database is locked`` traceback) from
+    the temporary server, and a first-run notice on a terminal, in the middle of the
+    command's output. Unless the user chose already (`TELEMETRY_CHOICES`), this sets
+    ``PREFECT_SERVER_ANALYTICS_ENABLED=false`` and ``DO_NOT_TRACK=1`` for this process and
+    the server it starts, before Prefect is imported; `undo_quiet_telemetry` takes them back
+    when the active Prefect profile points at a server of the user's own.
+
+    Returns:
+        Whether telemetry was turned off.
+    """
+    environ = os.environ if environ is None else environ
+    if any(name in environ for name in TELEMETRY_CHOICES):
+        return False
+    environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    environ["DO_NOT_TRACK"] = "1"
+    return True
+
+
+def undo_quiet_telemetry(environ: MutableMapping[str, str] | None = None) -> None:
+    """Give the choice back to Prefect when the profile names a server (no temporary one)."""
+    from prefect.settings import PREFECT_API_URL
+
+    environ = os.environ if environ is None else environ
+    if PREFECT_API_URL.value():
+        environ.pop("PREFECT_SERVER_ANALYTICS_ENABLED", None)
+        environ.pop("DO_NOT_TRACK", None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``prefect-kandinsky``."""
     try:
         args = build_parser().parse_args(argv)
+        if args.command != "emulator" and quiet_telemetry():
+            undo_quiet_telemetry()
         if args.command == "demo":
             return _demo(args)
         if args.command == "generate":
@@ -849,6 +1000,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _batch(args)
         if args.command == "webhooks":
             return _serve_webhooks(args)
+        if args.command == "show":
+            return _show(args.key)
     except UsageError as exc:
         if "prefect" in sys.modules:
             _silence_prefect_console()

@@ -15,7 +15,7 @@ from prefect_kandinsky.gateway.constants import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT_SECONDS,
 )
-from prefect_kandinsky.gateway.models import DEFAULT_MODEL_ID
+from prefect_kandinsky.gateway.models import DEFAULT_MODEL_ID, without_null
 
 API_KEY_ENV = "KANDINSKY_API_KEY"
 """Environment variable read by ``KandinskyCredentials.from_env``."""
@@ -41,35 +41,43 @@ class KandinskyCredentials(CredentialsBlock):
 
     _block_type_name = "Kandinsky Credentials"
     _block_type_slug = "kandinsky-credentials"
-    _logo_url = HttpUrl(
-        "https://raw.githubusercontent.com/prefect-kandinsky/prefect-kandinsky/main/prefect_kandinsky/assets/logo.png"
-    )
+    # No logo: a remote one does not load offline (the UI shows a broken image), and
+    # Prefect's client refuses a data: URI (its block types take http(s) URLs only); without
+    # one the UI shows its own default icon.
+    _logo_url = None
     _documentation_url = HttpUrl("https://github.com/prefect-kandinsky/prefect-kandinsky#readme")
     _description = "Subscription key and gateway settings for the Kandinsky 5.0 Pro API."
 
     api_key: SecretStr = Field(
+        title="API key",
         description="The gateway subscription key, sent as Ocp-Apim-Subscription-Key.",
     )
     base_url: str = Field(
         default=DEFAULT_BASE_URL,
+        title="Base URL",
         description="The gateway's origin; point it at an emulator for offline runs.",
     )
     model_id: str = Field(
         default=DEFAULT_MODEL_ID,
+        title="Model ID",
         description="The gateway's model id for Kandinsky 5.0 Pro.",
     )
     timeout_seconds: float = Field(
         default=DEFAULT_TIMEOUT_SECONDS,
+        title="Timeout (seconds)",
         gt=0,
         description="Read and write timeout of one gateway request, in seconds.",
     )
     max_retries: int = Field(
         default=DEFAULT_MAX_RETRIES,
+        title="Max retries",
         ge=0,
         description="Retries of one gateway call on 429, 5xx and connection errors.",
     )
     webhook_secret: SecretStr | None = Field(
+        json_schema_extra=without_null,
         default=None,
+        title="Webhook secret",
         description="Server secret that signs the tokens of webhook callback URLs and that "
         "the webhook receiver checks them with; without it the receiver refuses every "
         "callback.",

@@ -360,3 +360,155 @@ def test_an_incomplete_batch_still_prints_its_summary_and_the_way_out(
         "1 row is not stored (failed: moderation rejected the prompt); pass --retry-failed"
         in captured.err
     )
+
+
+# -- the first hour: quiet output, a version, help on every option, the UI's address -------
+
+
+def test_generate_on_a_fresh_profile_prints_no_telemetry_noise(tmp_path: Path) -> None:
+    """A first run on a fresh PREFECT_HOME: no traceback or telemetry line on stderr."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "KANDINSKY_")) and k != "DO_NOT_TRACK"
+    }
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # a busy machine
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prefect_kandinsky.cli",
+            "generate",
+            "--emulator",
+            "--prompt",
+            "The clouds drift to the right.",
+            "--image",
+            str(SAMPLE_IMAGE_PATH),
+            "--resolution",
+            "256P",
+            "--duration",
+            "1",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert 0 == result.returncode, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "telemetry" not in result.stderr.lower()
+    assert "Error" not in result.stderr
+    assert re.search(r"^Video:\s+\S+\.mp4$", result.stdout, re.M)
+
+
+def test_telemetry_is_left_alone_once_the_user_chose() -> None:
+    """A user's PREFECT_SERVER_ANALYTICS_ENABLED, DO_NOT_TRACK or PREFECT_API_URL wins."""
+    for chosen in ({"PREFECT_SERVER_ANALYTICS_ENABLED": "true"}, {"DO_NOT_TRACK": "0"}):
+        environ = dict(chosen)
+        assert not cli.quiet_telemetry(environ)
+        assert chosen == environ
+    environ = {}
+    assert cli.quiet_telemetry(environ)
+    assert {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"} == environ
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--version` prints the installed version and exits 0."""
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert 0 == exit_info.value.code
+    assert f"prefect-kandinsky {version('prefect-kandinsky')}\n" == capsys.readouterr().out
+
+
+def test_every_option_has_help() -> None:
+    """Every option and argument of every subcommand says what it is in --help."""
+
+    def missing(parser: Any, path: str) -> list[str]:
+        found = []
+        for action in parser._actions:
+            if action.choices and isinstance(action.choices, dict):  # subcommands
+                for name, sub in action.choices.items():
+                    found += missing(sub, f"{path} {name}")
+            elif not action.help:
+                found.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+        return found
+
+    assert [] == missing(cli.build_parser(), "prefect-kandinsky")
+
+
+def test_ui_address_follows_prefects_settings() -> None:
+    """The printed address is Prefect's UI URL, or where `prefect server start` would serve."""
+    from uuid import UUID
+
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_API_PORT,
+        PREFECT_UI_URL,
+        temporary_settings,
+    )
+
+    run = UUID("01234567-89ab-cdef-0123-456789abcdef")
+    with temporary_settings(
+        {PREFECT_API_URL: "http://10.0.0.5:4300/api", PREFECT_UI_URL: "https://ui.example.test"}
+    ):
+        assert [f"Open:        https://ui.example.test/runs/flow-run/{run}"] == cli._ui_hint(run)
+    with temporary_settings({PREFECT_API_URL: "http://10.0.0.5:4300/api"}):
+        assert [f"Open:        http://10.0.0.5:4300/runs/flow-run/{run}"] == cli._ui_hint(run)
+    with temporary_settings({PREFECT_SERVER_API_PORT: 4321}, restore_defaults={PREFECT_API_URL}):
+        hint = cli._ui_hint(run)
+    assert f"             and open http://127.0.0.1:4321/runs/flow-run/{run}" == hint[-1]
+
+
+@pytest.mark.usefixtures("prefect_api")
+async def test_show_prints_a_summary_without_its_pictures_bytes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`show KEY` prints the summary's text; each embedded picture is a one-line note."""
+    import asyncio
+
+    from prefect import flow
+    from prefect.artifacts import acreate_markdown_artifact
+
+    from prefect_kandinsky.artifacts import summary_markdown
+    from prefect_kandinsky.gateway.models import EmbeddedPreview, PersistedVideo
+
+    picture = "data:image/jpeg;base64," + "A" * 4000
+    moving = "data:image/webp;base64," + "B" * 40000
+    persisted = PersistedVideo(
+        request_id="kandinsky-5-0-pro-953_01a24df7-c201-73be-b634-b2e4cfbef7b2",
+        uri="/data/videos/r1.mp4",
+        size_bytes=10,
+        sha256="0" * 64,
+        source_url="http://127.0.0.1:1/r1.mp4",
+        preview=EmbeddedPreview(
+            width=256,
+            height=170,
+            poster=picture,
+            strip=[picture] * 5,
+            strip_seconds=[0.0, 0.25, 0.5, 0.75, 1.0],
+            clip=moving,
+        ),
+    )
+
+    @flow
+    async def publish() -> None:
+        await acreate_markdown_artifact(
+            markdown=summary_markdown(persisted, None), key="kandinsky-summary-show-test"
+        )
+
+    await publish()
+
+    code = await asyncio.to_thread(cli.main, ["show", "kandinsky-summary-show-test"])
+
+    out = capsys.readouterr().out
+    assert 0 == code
+    assert "base64" not in out
+    assert 1 == out.count("[picture: moving preview of the video, image/webp, 30.0 KB]")
+    assert 5 == out.count("[picture: frame at ")
+    assert "<code>/data/videos/r1.mp4</code>" in out
+    assert len(out) < 3000

@@ -26,7 +26,7 @@ from prefect_kandinsky import (
     PersistedVideo,
     generate_video,
 )
-from prefect_kandinsky.artifacts import artifact_key
+from prefect_kandinsky.artifacts import artifact_key, markdown_text
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -78,13 +78,14 @@ async def test_generate_video_writes_the_mp4_and_links_it(
     assert video.request_id in video.uri
 
     found = await artifacts_of(state.state_details.flow_run_id)  # type: ignore[arg-type]
-    summary = found[artifact_key(video.request_id, "summary")]
-    assert {"unkeyed-progress", artifact_key(video.request_id, "summary")} == set(found)
+    key = artifact_key(video.request_id, "summary", "The sun rises over the hills.")
+    summary = found[key]
+    assert {"unkeyed-progress", key} == set(found)
     text = str(summary.data)
     assert text.startswith("## The sun rises over the hills.")
-    assert f"`{video.uri}`" in text and "file://" not in text
-    assert video.sha256 in text and "| resolution | 256P |" in text
-    assert f'src="{video.source_url}"' in text, "a playable video while the CDN link lives"
+    assert f"<code>{markdown_text(video.uri)}</code>" in text and "file://" not in text
+    assert video.sha256 in text and "- **Parameters:** 256P" in text
+    assert "<video" not in text, "no player for the emulator's loopback CDN, gone once it stops"
     assert str(summary.description).startswith("The sun rises over the hills.")
     progress = found["unkeyed-progress"]
     assert 100.0 == progress.data
@@ -133,7 +134,9 @@ async def test_rerun_with_same_idempotency_key_pays_once(
     assert video.uri == (await third.result()).uri  # type: ignore[misc]
     assert 1 == len([r for r in kandinsky_emulator.state.requests("media") if r.status_code == 200])
     found = await artifacts_of(third.state_details.flow_run_id)  # type: ignore[arg-type]
-    assert artifact_key(video.request_id, "summary") in found, "cached runs show artifacts too"
+    assert artifact_key(video.request_id, "summary", "The sun rises over the hills.") in found, (
+        "cached runs show artifacts too"
+    )
 
 
 async def test_failed_generation_fails_the_flow_without_resubmitting(
@@ -219,10 +222,12 @@ async def test_saved_block_name_and_s3_destination(
     assert video.public_url is not None
     assert body == httpx.get(video.public_url).content
     found = await artifacts_of(state.state_details.flow_run_id)  # type: ignore[arg-type]
-    stored = found[artifact_key(video.request_id, "video")]
+    stored = found[artifact_key(video.request_id, "video", "The sun rises over the hills.")]
     assert video.public_url in str(stored.data)
-    assert video.uri in str(stored.data)
-    summary = str(found[artifact_key(video.request_id, "summary")].data)
+    assert markdown_text(video.uri) in str(stored.data)
+    summary = str(
+        found[artifact_key(video.request_id, "summary", "The sun rises over the hills.")].data
+    )
     assert f'src="{html.escape(video.public_url)}"' in summary, "plays from the presigned link"
 
 

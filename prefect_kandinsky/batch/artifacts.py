@@ -1,13 +1,16 @@
 """A batch in the Prefect UI: a progress artifact while rows finish, then a table of every row
-and a markdown summary (counts, spend, thumbnails of the stored rows).
+and a markdown summary (counts, spend, where the files are, thumbnails of the stored rows).
 
-Built on the one-video artifacts' helpers (:mod:`prefect_kandinsky.artifacts`).
+The table leads with what a reader scans (row, status, stored at) and fits an 830 px panel:
+long values are shortened (a stored file is named relative to the folder the summary gives;
+a request id by its end, the ledger holds it whole) and a column that is empty in every row
+is left out. Every value a run received (row ids, prompts, errors, the batch id) is written
+through the one-video artifacts' escaping helpers (:mod:`prefect_kandinsky.artifacts`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import html
 import time
 from typing import TYPE_CHECKING
 from uuid import UUID
@@ -19,7 +22,16 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 
-from prefect_kandinsky.artifacts import KEY_UNSAFE, describe, in_run, markdown_cell, short_prompt
+from prefect_kandinsky.artifacts import (
+    KEY_UNSAFE,
+    data_image,
+    describe,
+    in_run,
+    markdown_code,
+    markdown_text,
+    short_prompt,
+    shorten,
+)
 
 if TYPE_CHECKING:
     from prefect_kandinsky.batch.ledger import RowRecord
@@ -33,6 +45,12 @@ BATCH_ERRORS = 20
 """Rows not stored whose error a batch summary quotes."""
 THUMB_WIDTH = 96
 """Width of a row's thumbnail in a batch summary, in pixels."""
+THUMBS_PER_ROW = 6
+"""Thumbnails side by side in a batch summary: six of `THUMB_WIDTH` fit an 830 px panel."""
+CELL_LENGTH = 48
+"""Most characters of a table cell; longer values are shortened with an ellipsis."""
+STORED_AT_LENGTH = 20
+"""Most characters of a stored file's name in the table: its end, where names differ."""
 PROGRESS_INTERVAL_SECONDS = 1.0
 """A batch's progress artifact changes at most this often (and when the last row ends)."""
 
@@ -114,37 +132,76 @@ def _row_cost(record: RowRecord) -> str:
     return "unknown (no documented price)" if unpriced else _money(record.charged_usd)
 
 
+def _row_name(record: RowRecord) -> str:
+    return record.row_id or f"line {record.line}"
+
+
+def stored_folder(result: BatchResult) -> str | None:
+    """The folder every stored row's file is under, when they share one."""
+    folders = [r.uri.split("/")[:-1] for r in result.rows if r.uri]
+    common: list[str] = []
+    for parts in zip(*folders, strict=False):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return "/".join(common) or None if folders else None
+
+
+def _cell(text: str, limit: int = CELL_LENGTH) -> str:
+    """One line, at most ``limit`` characters."""
+    return shorten(" ".join(text.split()), limit)
+
+
+def _tail(text: str, limit: int) -> str:
+    """The end of ``text`` (where ids and file names differ), at most ``limit`` characters."""
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
+
+
 def batch_table(result: BatchResult) -> list[dict[str, object]]:
-    """One row per video: row, status, prompt, seconds, cost, error, request id, where, link."""
-    return [
+    """One row per video: row, status, stored at, error, cost, seconds, prompt, request id.
+
+    A file is named relative to `stored_folder` (the summary gives the folder); a column
+    empty in every row is left out.
+    """
+    folder = stored_folder(result)
+
+    def stored_at(uri: str | None) -> str:
+        if not uri:
+            return ""
+        if folder and uri.startswith(folder):
+            uri = uri[len(folder) :].lstrip("/")
+        return _tail(uri, STORED_AT_LENGTH)
+
+    rows: list[dict[str, object]] = [
         {
-            "row": record.row_id or f"line {record.line}",
+            "row": _cell(_row_name(record), 24),
             "status": record.state,
-            "prompt": short_prompt(record.prompt, 60),
-            "seconds": f"{record.seconds:.1f}" if record.seconds is not None else "",
+            "stored at": stored_at(record.uri),
+            "error": _cell(record.error or "", 32),
             "cost": _row_cost(record),
-            "error": (record.error or "")[:300],
-            "request id": record.request_id or "",
-            "stored at": record.uri or "",
-            "link": record.public_url or "",
+            "seconds": f"{record.seconds:.1f}" if record.seconds is not None else "",
+            "prompt": _cell(record.prompt, 20),
+            "request id": _tail(record.request_id or "", 13),
         }
         for record in result.rows
     ]
+    used = {name for row in rows for name, value in row.items() if value not in ("", None)}
+    return [{name: value for name, value in row.items() if name in used} for row in rows]
 
 
 def batch_markdown(result: BatchResult) -> str:
-    """Counts, spend, a thumbnail per stored row, and what went wrong."""
+    """Counts, spend, where the files are, a thumbnail per stored row, what went wrong."""
     counts = result.counts
     stored = [r for r in result.rows if r.done]
     lines = [
-        f"## {markdown_cell(short_prompt(result.batch_id))}",
+        f"## {markdown_text(short_prompt(result.batch_id, 120))}",
         "",
         f"**{len(stored)} of {len(result.rows)} rows stored**"
         + ("." if result.complete else "; run the batch again to finish the rest, unpaid."),
         "",
         "| State | Rows |",
         "|---|---|",
-        *[f"| {state} | {n} |" for state, n in sorted(counts.items())],
+        *[f"| {markdown_text(state)} | {n} |" for state, n in sorted(counts.items())],
         "",
         "| Spend | USD |",
         "|---|---|",
@@ -154,25 +211,41 @@ def batch_markdown(result: BatchResult) -> str:
     ]
     if result.unknown_cost_rows:
         lines.append(f"| rows without a documented price (256P) | {result.unknown_cost_rows} |")
-    lines += ["", f"Ledger: `{result.ledger}`", ""]
+    lines.append("")
+    folder = stored_folder(result)
+    if folder:
+        lines += [f"Stored under {markdown_code(folder)} (the table names files from here).", ""]
+    lines += [
+        f"Ledger: {markdown_code(result.ledger)} (every row whole: request ids, files, errors).",
+        "",
+    ]
     pictures = [r for r in stored if r.thumbnail][:BATCH_THUMBNAILS]
-    if pictures:
-        cells = [
-            f'<img src="{r.thumbnail}" width="{THUMB_WIDTH}" '
-            f'title="{html.escape(r.row_id or f"line {r.line}")}: '
-            f'{html.escape(short_prompt(r.prompt, 60))}">'
-            for r in pictures
-        ]
-        more = len(stored) - len(pictures)
-        lines += ["### Stored", "", " ".join(cells), ""]
+    cells = [
+        data_image(
+            r.thumbnail,
+            width=THUMB_WIDTH,
+            alt=_row_name(r),
+            title=f"{_row_name(r)}: {short_prompt(r.prompt, 60)}",
+        )
+        for r in pictures
+    ]
+    cells = [cell for cell in cells if cell]
+    if cells:
+        more = len(stored) - len(cells)
+        # A table: the new UI shows images one under the other outside one.
+        grid = [cells[i : i + THUMBS_PER_ROW] for i in range(0, len(cells), THUMBS_PER_ROW)]
+        width = len(grid[0])
+        lines += ["### Stored", "", "|" + "   |" * width, "|" + "---|" * width]
+        lines += ["| " + " | ".join(row + [""] * (width - len(row))) + " |" for row in grid]
+        lines.append("")
         if more > 0:
             lines += [f"*And {more} more: see the table artifact.*", ""]
     troubled = [r for r in result.rows if not r.done][:BATCH_ERRORS]
     if troubled:
-        lines += ["### Not stored", "", "| Row | Status | Error |", "|---|---|---|"]
+        lines += ["### Not stored", ""]
         lines += [
-            f"| {markdown_cell(r.row_id or f'line {r.line}')} | {r.state} | "
-            f"{markdown_cell((r.error or '')[:200])} |"
+            f"- **{markdown_text(_row_name(r))}** ({markdown_text(r.state)}): "
+            f"{markdown_text(r.error or 'no error given', 300)}"
             for r in troubled
         ]
         lines += [

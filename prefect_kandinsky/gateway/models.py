@@ -9,6 +9,7 @@ gateway adds later and parse both timestamp forms the gateway uses
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
 from enum import Enum
@@ -235,6 +236,40 @@ DurationText = Annotated[str, BeforeValidator(lambda value: f"{duration_seconds(
 """Whole seconds from 1 to 10 in the gateway's form, ``"5s"``, from ``5``, ``"5"`` or ``"5s"``."""
 
 
+def without_null(schema: dict[str, Any]) -> None:
+    """Drop the ``null`` branch of a field's JSON schema (``json_schema_extra``), so that
+    Prefect's forms do not offer "Property is type None" for a parameter that may be left out."""
+    branches = [branch for branch in schema.pop("anyOf", []) if branch != {"type": "null"}]
+    if len(branches) == 1:
+        schema.update(branches[0])
+    elif branches:
+        schema["anyOf"] = branches
+
+
+class NoNullChoice:
+    """An ``Annotated`` marker whose JSON schema has no ``null`` branch (`without_null`).
+
+    For a union such as ``KandinskyCredentials | str | None``, whose schema refers to a
+    definition and so cannot be written out by hand with ``WithJsonSchema``.
+    """
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: Any, handler: Callable[[Any], dict[str, Any]]
+    ) -> dict[str, Any]:
+        schema = handler(core_schema)
+        without_null(schema)
+        return schema
+
+
+OptionalText = Annotated[str | None, WithJsonSchema({"type": "string"})]
+"""Text that may be left out (None): a plain text box in Prefect's run form, which shows a
+``str | None`` parameter as a choice between a text and "Property is type None"."""
+OptionalWebhookMode = Annotated[
+    WebhookMode | None, WithJsonSchema({"type": "string", "enum": ["terminal", "sync"]})
+]
+"""A webhook mode that may be left out (None): a dropdown in Prefect's run form."""
+
+
 class VideoRequest(BaseModel):
     """One image-to-video generation, validated against the documented parameters.
 
@@ -430,7 +465,7 @@ class EmbeddedPreview(BaseModel):
         default_factory=list, description="Where in the video each strip frame is, in seconds."
     )
     clip: str | None = Field(
-        default=None, description="A short low-resolution clip as a data:video/mp4 URI."
+        default=None, description="The moving preview: an animated WebP as a data:image/webp URI."
     )
 
     @property

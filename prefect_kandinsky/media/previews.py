@@ -3,13 +3,16 @@
 Links to generated videos expire; pictures carried inside an artifact as ``data:`` URIs do
 not. This module reads a video file and picks a poster frame and a strip of frames spread from
 the first frame to the last, scales them to a thumbnail width and encodes them as JPEG. When
-room is left in the size budget it adds a short low-resolution H.264 clip as well. Input
-images get the same treatment through `image_thumbnail`; `embedded_preview` gives a video's
-preview as the `EmbeddedPreview` model that stored-video results carry.
+room is left in the size budget it adds a moving preview as well: the whole video at
+`CLIP_FPS` frames a second and `CLIP_WIDTH` pixels, as an animated WebP, an image that both
+Prefect UIs show (the new one strips ``<video>``). Input images get the same treatment through
+`image_thumbnail`; `embedded_preview` gives a video's preview as the `EmbeddedPreview` model
+that stored-video results carry.
 
-Everything is done with PyAV (decoding, scaling, JPEG and H.264 encoding), which comes with
-the ``emulator`` extra and is imported only when a preview is made: without it both functions
-return None and `previews_available` says False. None of them raises for a file it cannot
+Decoding, scaling and JPEG encoding are done with PyAV, the animated WebP with Pillow; both
+come with the ``emulator`` extra and are imported only when a preview is made: without PyAV
+both functions return None and `previews_available` says False; without Pillow a preview has
+no moving part. None of them raises for a file it cannot
 read: each logs a warning on the ``prefect_kandinsky.media.previews`` logger and returns None.
 
 Example:
@@ -62,12 +65,16 @@ JPEG_QSCALE = 5
 """FFmpeg JPEG quantiser for previews: 2 is the best quality, 31 the smallest file."""
 
 CLIP_WIDTH = 128
-"""Width of the preview clip in pixels."""
+"""Width of the moving preview in pixels."""
 
 CLIP_FPS = 6
-"""Frames per second of the preview clip."""
+"""Frames per second of the moving preview."""
+
+CLIP_WEBP_QUALITY = 40
+"""Pillow's WebP quality for the moving preview: 0 is the smallest, 100 the best."""
 
 CLIP_ENCODER = "libx264"
+"""The H.264 encoder `encode_mp4` uses by default (the emulator renders with it)."""
 CLIP_ENCODER_OPTIONS = {"preset": "veryfast", "crf": "30", "profile": "main"}
 
 _JPEG_CODEC = "mjpeg"
@@ -120,10 +127,10 @@ class Picture:
 
 @dataclass(frozen=True)
 class Clip:
-    """A short, small, silent MP4 of the whole video, for a ``<video>`` tag.
+    """The moving preview: the whole video, small and slow, as an animated WebP that loops.
 
     Attributes:
-        data: The MP4 file (H.264, ``yuv420p``, index first).
+        data: The animated WebP file.
         width: Width in pixels.
         height: Height in pixels.
         fps: Frames per second.
@@ -136,10 +143,10 @@ class Clip:
     height: int
     fps: int
     frames: int
-    mime: str = "video/mp4"
+    mime: str = "image/webp"
 
     def data_uri(self) -> str:
-        """The clip as a ``data:`` URI, e.g. ``data:video/mp4;base64,AAAAIGZ0eXA...``."""
+        """The clip as a ``data:`` URI, e.g. ``data:image/webp;base64,UklGRlpV...``."""
         return _data_uri(self.mime, self.data)
 
 
@@ -151,7 +158,7 @@ class VideoPreview:
         poster: The picture to show first (the video's first frame).
         strip: Frames spread evenly from the first to the last, in order; the first is the
             poster's frame.
-        clip: A low-resolution MP4 of the whole video, when it fits the size budget.
+        clip: The moving preview (an animated WebP), when it fits the size budget.
     """
 
     poster: Picture
@@ -247,7 +254,7 @@ def video_preview(
         max_width: Widest a picture may be, in pixels; the aspect ratio is kept and narrower
             videos are not scaled up.
         budget_bytes: Most the whole preview may take as ``data:`` URIs.
-        clip: Also make a `CLIP_WIDTH` pixels wide, `CLIP_FPS` fps H.264 clip of the whole
+        clip: Also make a `CLIP_WIDTH` pixels wide, `CLIP_FPS` fps animated WebP of the whole
             video, kept only if it fits the budget next to the pictures at full quality.
 
     Returns:
@@ -309,7 +316,7 @@ def embedded_preview(
         frames: Number of pictures in the strip.
         max_width: Widest a picture may be, in pixels.
         budget_bytes: Most the whole preview may take as ``data:`` URIs.
-        clip: Also embed a low-resolution clip when it fits the budget.
+        clip: Also embed the moving preview (an animated WebP) when it fits the budget.
 
     Returns:
         The data URIs, sizes and times of the preview, or None like `video_preview`.
@@ -577,23 +584,42 @@ def _encode_clip_safely(frames: Sequence[VideoFrame], path: str | os.PathLike[st
     import av
 
     try:
-        return _encode_clip(frames)
+        return encode_animation(frames)
+    except ImportError:
+        logger.warning(
+            "No moving preview for %s: Pillow is not installed (%s)", path, PREVIEWS_AVAILABLE_HINT
+        )
+        return None
     except (av.FFmpegError, OSError, ValueError) as exc:
-        logger.warning("No preview clip for %s: %s", path, exc)
+        logger.warning("No moving preview for %s: %s", path, exc)
         return None
 
 
-def _encode_clip(frames: Sequence[VideoFrame]) -> Clip | None:
-    """Encode ``yuv420p`` frames as a `CLIP_FPS` H.264 MP4 with its index first."""
-    import av
+def encode_animation(frames: Sequence[VideoFrame], *, fps: int = CLIP_FPS) -> Clip:
+    """Encode frames as an animated WebP that loops, shown at ``fps`` frames a second.
 
-    if CLIP_ENCODER not in av.codecs_available:
-        return None
-    width, height = frames[0].width, frames[0].height
-    data = encode_mp4(
-        frames, width=width, height=height, fps=CLIP_FPS, options=CLIP_ENCODER_OPTIONS
+    Raises:
+        ImportError: Pillow is not installed.
+        ValueError: ``frames`` is empty.
+    """
+    from PIL import Image
+
+    if not frames:
+        raise ValueError("no frames to animate")
+    images: list[Image.Image] = [frame.to_image() for frame in frames]  # type: ignore[no-untyped-call]
+    buffer = io.BytesIO()
+    images[0].save(
+        buffer,
+        format="WEBP",
+        save_all=True,
+        append_images=images[1:],
+        duration=round(1000 / fps),
+        loop=0,
+        quality=CLIP_WEBP_QUALITY,
+        method=4,
     )
-    return Clip(data=data, width=width, height=height, fps=CLIP_FPS, frames=len(frames))
+    width, height = images[0].size
+    return Clip(data=buffer.getvalue(), width=width, height=height, fps=fps, frames=len(images))
 
 
 def encode_mp4(
