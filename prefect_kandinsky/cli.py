@@ -976,6 +976,19 @@ def quiet_telemetry(environ: MutableMapping[str, str] | None = None) -> bool:
     return True
 
 
+STARTUP_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+STARTUP_TIMEOUT_SECONDS = 120
+"""How long the temporary Prefect server may take to start. Its first start migrates a new
+database (about 17 s on a quiet 2-core machine), close to Prefect's own 20 s limit, so a busy
+machine would fail the first command with a timeout; the user's own setting wins."""
+
+
+def patient_server_start(environ: MutableMapping[str, str] | None = None) -> None:
+    """Give the temporary server `STARTUP_TIMEOUT_SECONDS` to start, unless the user chose."""
+    environ = os.environ if environ is None else environ
+    environ.setdefault(STARTUP_TIMEOUT_ENV, str(STARTUP_TIMEOUT_SECONDS))
+
+
 def undo_quiet_telemetry(environ: MutableMapping[str, str] | None = None) -> None:
     """Give the choice back to Prefect when the profile names a server (no temporary one)."""
     from prefect.settings import PREFECT_API_URL
@@ -990,8 +1003,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``prefect-kandinsky``."""
     try:
         args = build_parser().parse_args(argv)
-        if args.command != "emulator" and quiet_telemetry():
-            undo_quiet_telemetry()
+        if args.command != "emulator":
+            patient_server_start()
+            if quiet_telemetry():
+                undo_quiet_telemetry()
         if args.command == "demo":
             return _demo(args)
         if args.command == "generate":

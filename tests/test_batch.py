@@ -292,7 +292,8 @@ async def test_a_file_already_at_a_rows_filename_is_refused_before_any_submit(
         row["filename"] = f"{row['id']}.mp4"
     manifest = write_manifest(tmp_path / "named.csv", rows)
     (tmp_path / "videos").mkdir()
-    (tmp_path / "videos" / "sku-2.mp4").write_bytes(b"last year's video")
+    last_year = b"\x00\x00\x00\x18ftypisom" + b"last year's video"
+    (tmp_path / "videos" / "sku-2.mp4").write_bytes(last_year)
 
     state = await run_batch(manifest, credentials, tmp_path)
     with pytest.raises(
@@ -305,6 +306,25 @@ async def test_a_file_already_at_a_rows_filename_is_refused_before_any_submit(
     replaced = await run_batch(manifest, credentials, tmp_path, overwrite=True)
     assert {"stored": 2} == (await replaced.result()).counts
     assert 25 == probe_video((tmp_path / "videos" / "sku-2.mp4").read_bytes()).frames
+
+
+async def test_overwrite_never_pays_for_a_row_whose_file_is_not_a_video(
+    kandinsky_emulator: Any, credentials: KandinskyCredentials, tmp_path: Path
+) -> None:
+    """overwrite=True still refuses, before paying, a row whose filename holds a non-video."""
+    rows = catalogue(kandinsky_emulator, 1)
+    rows[0]["filename"] = "notes.mp4"
+    manifest = write_manifest(tmp_path / "notes.csv", rows)
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "notes.mp4").write_bytes(b"meeting notes, not a video")
+
+    state = await run_batch(manifest, credentials, tmp_path, overwrite=True)
+    with pytest.raises(
+        KandinskyManifestError, match=r"notes\.mp4 already exists and is not a video"
+    ):
+        await state.result()
+    assert 0 == kandinsky_emulator.state.count("submit")
+    assert b"meeting notes, not a video" == (tmp_path / "videos" / "notes.mp4").read_bytes()
 
 
 async def test_an_over_long_filename_is_refused_before_any_submit(

@@ -415,6 +415,16 @@ def test_telemetry_is_left_alone_once_the_user_chose() -> None:
     assert {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"} == environ
 
 
+def test_the_temporary_server_gets_time_to_start_unless_the_user_chose() -> None:
+    """A first start migrates a new database: the CLI allows 120 s, or the user's own value."""
+    environ: dict[str, str] = {}
+    cli.patient_server_start(environ)
+    assert {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"} == environ
+    environ = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "15"}
+    cli.patient_server_start(environ)
+    assert {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "15"} == environ
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     """`--version` prints the installed version and exits 0."""
     from importlib.metadata import version

@@ -21,7 +21,12 @@ from prefect_aws import S3Bucket
 
 from prefect_kandinsky.batch.manifests import BatchRow
 from prefect_kandinsky.batch.problems import RowProblem
-from prefect_kandinsky.media.storage import Destination, call_block, is_missing_file
+from prefect_kandinsky.media.storage import (
+    Destination,
+    call_block,
+    is_missing_file,
+    is_video_file,
+)
 
 LOOKUP_CONCURRENCY = 16
 """Targets looked up at once."""
@@ -41,9 +46,11 @@ async def target_problems(
     *,
     overwrite: bool,
 ) -> list[RowProblem]:
-    """A problem for each row whose named file already exists at the destination."""
-    if overwrite:
-        return []
+    """A problem for each row whose named file already exists at the destination.
+
+    With ``overwrite`` only a local file that is not a video is a problem: storing would refuse
+    to replace it (``overwrite`` replaces an earlier video, never another kind of file).
+    """
     named = [(row, target) for row in rows if (target := row_target(row, folder)) is not None]
     if not named:
         return []
@@ -54,14 +61,20 @@ async def target_problems(
             where = await existing(destination, target)
         if where is None:
             return None
+        if not overwrite:
+            message = (
+                f"{where} already exists, and a new video never replaces another file: pass "
+                "overwrite=True (CLI: --overwrite) to replace it, or give the row another filename"
+            )
+        elif await anyio.to_thread.run_sync(_local_non_video, where):
+            message = (
+                f"{where} already exists and is not a video, which overwrite=True never "
+                "replaces (it replaces only an earlier video): give the row another filename"
+            )
+        else:
+            return None
         return RowProblem(
-            line=row.line,
-            row_id=row.id,
-            field="filename",
-            value=row.filename,
-            message=f"{where} already exists, and a new video never replaces another file: "
-            "pass overwrite=True (CLI: --overwrite) to replace it, or give the row another "
-            "filename",
+            line=row.line, row_id=row.id, field="filename", value=row.filename, message=message
         )
 
     found = await asyncio.gather(*(one(row, target) for row, target in named))
@@ -83,6 +96,14 @@ async def existing(destination: Destination, target: str) -> str | None:
             raise
         return f"block:{type(destination).get_block_type_slug()}:{target}"
     return await anyio.to_thread.run_sync(_local_existing, os.fspath(destination), target)
+
+
+def _local_non_video(where: str) -> bool:
+    """Whether ``where`` is a local path that holds something other than a video."""
+    path = Path(where)
+    if not path.is_absolute():
+        return False
+    return not path.is_file() or not is_video_file(path)
 
 
 def _local_existing(base: str | None, target: str) -> str | None:
