@@ -651,6 +651,20 @@ def _finish_batch(state: Any) -> int:
         f"Stored:      {stored} of {len(result.rows)} rows",
         f"Charged:     ${result.charged_usd:.2f} (documented prices; this run's estimate "
         f"${result.estimated_cost_usd:.2f})",
+        *(
+            [
+                f"Ambiguous:   {result.ambiguous_attempts} submits whose answer was lost and "
+                f"whose job is unknown may have cost up to ${result.ambiguous_usd:.2f} more "
+                "(check the gateway's dashboard)"
+            ]
+            if result.ambiguous_attempts
+            else []
+        ),
+        *(
+            [f"Adopted:     {result.adopted_rows} rows' jobs were adopted from their callback"]
+            if result.adopted_rows
+            else []
+        ),
         f"Rows:        {', '.join(f'{n} {s}' for s, n in sorted(result.counts.items()))}",
         f"Ledger:      {result.ledger}",
         f"Artifacts:   {batch_key(result.batch_id, '')} [table]",

@@ -20,6 +20,7 @@ from prefect.artifacts import (
 )
 
 from prefect_kandinsky.artifacts import KEY_UNSAFE, describe, in_run, markdown_cell, short_prompt
+from prefect_kandinsky.events.adoption import ADOPTED_NOTE
 
 if TYPE_CHECKING:
     from prefect_kandinsky.batch.ledger import RowRecord
@@ -119,7 +120,7 @@ def batch_table(result: BatchResult) -> list[dict[str, object]]:
     return [
         {
             "row": record.row_id or f"line {record.line}",
-            "status": record.state,
+            "status": f"{record.state}, {ADOPTED_NOTE}" if record.adopted else record.state,
             "prompt": short_prompt(record.prompt, 60),
             "seconds": f"{record.seconds:.1f}" if record.seconds is not None else "",
             "cost": _row_cost(record),
@@ -151,6 +152,11 @@ def batch_markdown(result: BatchResult) -> str:
         f"| estimated for this run | {_money(result.estimated_cost_usd)} |",
         f"| charged (all runs, by the documented prices) | {_money(result.charged_usd)} |",
     ]
+    if result.ambiguous_attempts:
+        lines.append(
+            f"| may also have cost: {result.ambiguous_attempts} ambiguous submits (job unknown) "
+            f"| up to {_money(result.ambiguous_usd)} |"
+        )
     if result.unknown_cost_rows:
         lines.append(f"| rows without a documented price (256P) | {result.unknown_cost_rows} |")
     lines += ["", f"Ledger: `{result.ledger}`", ""]
