@@ -194,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8443, help="port (default: %(default)s)")
     serve.add_argument("--certfile", help="PEM certificate chain, for https")
     serve.add_argument("--keyfile", help="PEM private key, when not in --certfile")
+    serve.add_argument(
+        "--self-signed",
+        metavar="DIR",
+        help="serve https with a throwaway certificate for 127.0.0.1 made in DIR (once), signed "
+        "by a local CA in DIR/ca.pem that the emulator trusts with --webhook-ca-file "
+        "DIR/ca.pem: for trying it on one machine",
+    )
     serve.add_argument("--log-level", default="info", help="(default: %(default)s)")
 
     emulator = commands.add_parser("emulator", help="serve the gateway emulator")
@@ -693,6 +700,18 @@ def _serve_webhooks(args: argparse.Namespace) -> int:
         )
     if args.keyfile and not args.certfile:
         raise UsageError("--keyfile needs --certfile")
+    if args.self_signed:
+        if args.certfile:
+            raise UsageError("pass --certfile or --self-signed, not both")
+        from prefect_kandinsky.events.certificates import throwaway_certificate
+
+        ca_file, server_file = throwaway_certificate(args.self_signed)
+        args.certfile = str(server_file)
+        print(
+            f"{PROG}: serving a throwaway certificate for 127.0.0.1; trust it in the emulator "
+            f"with --webhook-ca-file {ca_file}",
+            file=sys.stderr,
+        )
     serve(
         credentials,
         host=args.host,

@@ -20,7 +20,6 @@ from uuid import uuid4
 
 import httpx
 import pytest
-import trustme
 
 from prefect_kandinsky import KandinskyClient, VideoRequest
 from prefect_kandinsky.emulator import EmulatorServer
@@ -34,17 +33,6 @@ STALL_SECONDS = 1.5
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A test CA file and a server certificate for 127.0.0.1 signed by it."""
-    ca = trustme.CA()
-    folder = tmp_path_factory.mktemp("serve-tls")
-    ca_file, server_pem = folder / "ca.pem", folder / "server.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(server_pem))
-    return str(ca_file), str(server_pem)
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -53,13 +41,13 @@ def free_port() -> int:
 
 @pytest.fixture
 def receiver_process(
-    kandinsky_emulator: EmulatorServer, certificates: tuple[str, str], tmp_path: Path
+    kandinsky_emulator: EmulatorServer, tmp_path: Path
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``prefect-kandinsky webhooks serve`` over https on a free port, ready to take callbacks."""
+    """``prefect-kandinsky webhooks serve --self-signed DIR`` on a free port, ready to take
+    callbacks from the emulator, which trusts ``DIR/ca.pem`` (as the README says)."""
     from prefect.settings import PREFECT_API_URL
 
-    ca_file, server_pem = certificates
-    kandinsky_emulator.configure(webhook_ca_file=ca_file)
+    ca_file = str(tmp_path / "tls" / "ca.pem")
     port = free_port()
     env = {
         **os.environ,
@@ -74,7 +62,7 @@ def receiver_process(
         sys.executable,
         "-c",
         "from prefect_kandinsky.cli import main; raise SystemExit(main())",
-        *("webhooks", "serve", "--port", str(port), "--certfile", server_pem),
+        *("webhooks", "serve", "--port", str(port), "--self-signed", str(tmp_path / "tls")),
     ]
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -86,9 +74,10 @@ def receiver_process(
         try:
             httpx.get(f"{url}/healthz", verify=ca_file, timeout=1).raise_for_status()
             break
-        except httpx.HTTPError:
+        except (httpx.HTTPError, OSError):  # not listening, or its CA not written yet
             assert time.monotonic() < deadline, "the receiver did not start in 60 s"
             time.sleep(0.1)
+    kandinsky_emulator.configure(webhook_ca_file=ca_file)
     try:
         yield process, url
     finally:
