@@ -391,6 +391,10 @@ async def test_sync_mode_emits_each_status_once_in_order(
     assert set(names) <= {QUEUED, PROCESSING, COMPLETED}
     assert len(codes) > len(names), codes
     assert 200 in codes  # repeated progress callbacks, answered as duplicates
+    confirmed = {e["event"]: e["payload"]["confirmed"] for e in sink.of(request_id)}
+    assert {PROCESSING: False, COMPLETED: True} == {
+        k: v for k, v in confirmed.items() if k != QUEUED
+    }
     assert 1 == emulator.state.count("status", request_id=request_id)  # only COMPLETED is read
 
 

@@ -36,8 +36,8 @@ code  case                                                     effect
       ``status``                                               says what is wrong
 413   body larger than ``MAX_BODY_BYTES``                      nothing emitted
 409   the URL is bound to another ``request_id``               nothing emitted
-200   (request_id, status) seen before, or older than a        nothing changes
-      status already emitted
+200   (URL, request_id, status) seen before, or older than a   nothing changes
+      status already emitted for that URL
 202   anything else                                            answered at once, work after
 ====  =======================================================  =============================
 
@@ -47,13 +47,21 @@ requests run concurrently. A terminal callback (COMPLETED, FAILED, ERROR) is a h
 gateway does not sign its callbacks, so the receiver reads the status endpoint with the
 credentials and emits what the gateway says (a status read that fails is retried with backoff;
 if it gives up, nothing is emitted, the delivery is forgotten so a redelivery is processed
-again, and an error is logged). Progress callbacks (``X-Webhook-Mode: sync``) are emitted as
-they come. Every status is emitted once per request, never one that goes back (a late
-PROCESSING after COMPLETED is dropped). On shutdown the receiver finishes the work it accepted
-(for up to ``drain_timeout`` seconds) and logs, at error level and by request id, any callback
-it had to abandon.
+again, and an error is logged). When the status endpoint still says the job runs (it may lag
+behind the callback), that status is emitted once and the read is repeated with backoff for
+up to ``confirm_window`` seconds (2 minutes), until the gateway agrees; then the terminal
+event is emitted once. Progress callbacks (``X-Webhook-Mode: sync``) are emitted as they come,
+their payload saying ``"confirmed": false``. Every status is emitted once per callback URL and
+request, never one that goes back (a late PROCESSING after COMPLETED is dropped). A URL
+serves one request: deliveries, progress and event ids are kept per URL (flow run, nonce), so
+a body of another job posted on an unused URL names that URL's flow run only, and never
+turns the job's own callback into a duplicate. On shutdown the receiver finishes the work it
+accepted (for up to ``drain_timeout`` seconds) and logs, at error level and by request id, any
+callback it had to abandon.
 
-Events carry a deterministic id, ``uuid5(EVENT_ID_NAMESPACE, f"{request_id}:{STATUS}")``, so
+Every event names the URL's nonce as related resource ``kandinsky.callback.<nonce>`` (the
+submitting side finds a job whose submit answer was lost by it: ``adoption``), and carries a
+deterministic id, ``uuid5(EVENT_ID_NAMESPACE, f"{request_id}:{STATUS}:{flow run}:{nonce}")``, so
 deliveries that reach Prefect twice (e.g. after a restart of the receiver, whose dedupe memory
 is in memory) collapse there: the event store keeps one event per id and triggers skip an id
 seen recently.
