@@ -43,7 +43,7 @@ from prefect_kandinsky import KandinskyCredentials
 from prefect_kandinsky.batch import generate_videos
 from prefect_kandinsky.gateway.exceptions import KandinskyBatchIncompleteError
 
-settings = json.loads(sys.argv[1])
+settings = json.loads(open(sys.argv[1]).read())
 credentials = KandinskyCredentials(**settings.pop("credentials"))
 try:
     result = asyncio.run(generate_videos(settings.pop("rows"), credentials=credentials, **settings))
@@ -136,8 +136,10 @@ def _receiver(emulator: Any, folder: Path) -> Iterator[str]:
 
 
 def _child(settings: dict[str, Any], env: dict[str, str]) -> subprocess.Popen[str]:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(settings, handle)  # a thousand rows are too long for one argument
     return subprocess.Popen(
-        [sys.executable, "-c", CHILD, json.dumps(settings)],
+        [sys.executable, "-c", CHILD, handle.name],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
