@@ -246,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8443, help="port (default: %(default)s)")
     serve.add_argument("--certfile", help="PEM certificate chain, for https")
     serve.add_argument("--keyfile", help="PEM private key, when not in --certfile")
+    serve.add_argument(
+        "--self-signed",
+        metavar="DIR",
+        help="serve https with a throwaway certificate for 127.0.0.1 made in DIR (once), signed "
+        "by a local CA in DIR/ca.pem that the emulator trusts with --webhook-ca-file "
+        "DIR/ca.pem: for trying it on one machine",
+    )
     serve.add_argument("--log-level", default="info", help="(default: %(default)s)")
 
     show = commands.add_parser(
@@ -841,6 +848,20 @@ def _finish_batch(state: Any, output: str) -> int:
         f"Videos:      {_videos_at(result, output)}",
         f"Charged:     {result.charged_label} in all, by the documented prices; this run: "
         f"{result.charged_this_run_label}",
+        *(
+            [
+                f"Ambiguous:   {plural(result.ambiguous_attempts, 'submit')} whose answer was "
+                f"lost and whose job is unknown may have cost up to ${result.ambiguous_usd:.2f} "
+                "more (check the gateway's dashboard)"
+            ]
+            if result.ambiguous_attempts
+            else []
+        ),
+        *(
+            [f"Adopted:     {plural(result.adopted_rows, 'row')} adopted from their callback"]
+            if result.adopted_rows
+            else []
+        ),
         f"Rows:        {', '.join(f'{n} {s}' for s, n in sorted(result.counts.items()))}",
         f"Ledger:      {result.ledger}",
         f"Artifacts:   {batch_key(result.batch_id, '')} [table]",
@@ -939,6 +960,18 @@ def _serve_webhooks(args: argparse.Namespace) -> int:
         )
     if args.keyfile and not args.certfile:
         raise UsageError("--keyfile needs --certfile")
+    if args.self_signed:
+        if args.certfile:
+            raise UsageError("pass --certfile or --self-signed, not both")
+        from prefect_kandinsky.events.certificates import throwaway_certificate
+
+        ca_file, server_file = throwaway_certificate(args.self_signed)
+        args.certfile = str(server_file)
+        print(
+            f"{PROG}: serving a throwaway certificate for 127.0.0.1; trust it in the emulator "
+            f"with --webhook-ca-file {ca_file}",
+            file=sys.stderr,
+        )
     serve(
         credentials,
         host=args.host,

@@ -21,6 +21,8 @@ API_KEY_ENV = "KANDINSKY_API_KEY"
 """Environment variable read by ``KandinskyCredentials.from_env``."""
 BASE_URL_ENV = "KANDINSKY_BASE_URL"
 WEBHOOK_SECRET_ENV = "KANDINSKY_WEBHOOK_SECRET"
+WEBHOOK_PREVIOUS_SECRETS_ENV = "KANDINSKY_WEBHOOK_PREVIOUS_SECRETS"
+"""Previous webhook secrets, comma-separated, that the receiver still accepts while rotating."""
 
 
 class KandinskyCredentials(CredentialsBlock):
@@ -82,11 +84,23 @@ class KandinskyCredentials(CredentialsBlock):
         "the webhook receiver checks them with; without it the receiver refuses every "
         "callback.",
     )
+    webhook_previous_secrets: list[SecretStr] = Field(
+        default_factory=list,
+        description="Secrets used before webhook_secret that the receiver still accepts, so "
+        "callback URLs already given to running jobs stay valid while the secret is rotated; "
+        "new URLs are signed with webhook_secret only. Remove one once its jobs have ended.",
+    )
+
+    @property
+    def webhook_secrets(self) -> list[SecretStr]:
+        """Every secret the receiver accepts: ``webhook_secret`` first, then previous ones."""
+        current = [self.webhook_secret] if self.webhook_secret is not None else []
+        return current + [s for s in self.webhook_previous_secrets if s.get_secret_value()]
 
     @classmethod
     def from_env(cls) -> KandinskyCredentials:
         """Build credentials from ``KANDINSKY_API_KEY`` (``KANDINSKY_BASE_URL``,
-        ``KANDINSKY_WEBHOOK_SECRET``)."""
+        ``KANDINSKY_WEBHOOK_SECRET``, ``KANDINSKY_WEBHOOK_PREVIOUS_SECRETS``)."""
         import os
 
         key = os.environ.get(API_KEY_ENV, "")
@@ -96,10 +110,12 @@ class KandinskyCredentials(CredentialsBlock):
                 "saved block with KandinskyCredentials.load(...)"
             )
         secret = os.environ.get(WEBHOOK_SECRET_ENV, "").strip()
+        previous = os.environ.get(WEBHOOK_PREVIOUS_SECRETS_ENV, "").split(",")
         return cls(
             api_key=SecretStr(key),
             base_url=os.environ.get(BASE_URL_ENV, DEFAULT_BASE_URL),
             webhook_secret=SecretStr(secret) if secret else None,
+            webhook_previous_secrets=[SecretStr(p.strip()) for p in previous if p.strip()],
         )
 
     def get_client(

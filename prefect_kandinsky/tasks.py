@@ -15,6 +15,8 @@ on several machines must share them.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
@@ -35,6 +37,12 @@ from prefect_kandinsky.artifacts import (
     publish_video_artifacts,
 )
 from prefect_kandinsky.credentials import KandinskyCredentials
+from prefect_kandinsky.events.adoption import (
+    ADOPTED_NOTE,
+    AmbiguousCallbackError,
+    adopt,
+    find_in_store,
+)
 from prefect_kandinsky.events.tokens import run_callback_url
 from prefect_kandinsky.events.waits import DEFAULT_SAFETY_POLL_SECONDS, wait_for_event
 from prefect_kandinsky.gateway.client import KandinskyClient, raise_for_outcome
@@ -267,10 +275,45 @@ async def _checked_input(url: str, logger: Any, gateway_url: str) -> str | None:
     return thumbnail.data_uri() if thumbnail is not None else None
 
 
-def _callback_url(base_url: str, given: str | None, credentials: KandinskyCredentials) -> str:
-    if given is not None:
-        raise ValueError("pass webhook_url or webhook_base_url, not both")
-    return run_callback_url(base_url, credentials.webhook_secret, flow_run_id=runtime_flow_run.id)
+def submit_nonce(*parts: object) -> str:
+    """The callback nonce of a submit, derived from what keys its cache.
+
+    Every attempt of one submit (a task retry, the flow run run again after a crash or a
+    resume, a run with the same ``idempotency_key``) gets the same nonce, so the nonce is
+    recorded before the submit by construction: whatever attempt lost the answer, the next
+    one looks for that nonce's callback. Not a secret: the URL's token is.
+    """
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return base64.urlsafe_b64encode(digest).decode("ascii")[:22]
+
+
+def _submit_scope(idempotency_key: str | None) -> object:
+    if idempotency_key:
+        return idempotency_key
+    return ("flow-run", str(runtime_flow_run.id or runtime_task_run.id))
+
+
+async def _adopted(nonce: str, timeout: float, logger: Any) -> str | None:
+    """The request id of this submit's job found by its callback, or None."""
+    try:
+        return await adopt(nonce, timeout=timeout)
+    except AmbiguousCallbackError as exc:
+        logger.error("Not adopting: %s", exc)
+        return None
+
+
+async def _stored_callback(nonce: str, logger: Any) -> str | None:
+    """The request id an earlier attempt's callback reported, from Prefect's event store."""
+    try:
+        return await find_in_store(nonce)
+    except AmbiguousCallbackError as exc:
+        raise ValueError(
+            f"{exc}; this submit is not sent again until you decide (pass another "
+            "idempotency_key to submit anew)"
+        ) from None
+    except Exception as exc:  # no event store: submit as without callbacks
+        logger.warning("Could not read Prefect's events to find an earlier attempt: %s", exc)
+        return None
 
 
 @task(
@@ -299,6 +342,7 @@ async def submit_video(
     webhook_base_url: str | None = None,
     rate_limit: str | None = None,
     check_image: bool = True,
+    adopt_timeout_seconds: float = DEFAULT_WAIT_TIMEOUT_SECONDS,
 ) -> VideoJob:
     """Submit one image-to-video generation; the gateway bills it.
 
@@ -334,6 +378,12 @@ async def submit_video(
         check_image: Fetch the image before submitting and refuse anything that is not an
             image (a 404, an HTML page, a 403), so a mistyped URL costs nothing. Turn it off
             for image hosts that only the gateway can reach.
+        adopt_timeout_seconds: With ``webhook_base_url``, when the submit's answer is lost
+            (a 5xx after the gateway committed it, a connection cut after sending), how long
+            to wait for the job's callback event, which names the job, before raising
+            ``KandinskySubmitUncertainError``. The job is then adopted from its callback:
+            waited for, stored and charged as if its answer had arrived. ``sync`` callbacks
+            adopt within seconds; ``terminal`` ones only once the job ends.
 
     Returns:
         The queued job: request id, polling URL, the request and its cost estimate.
@@ -341,7 +391,7 @@ async def submit_video(
     Raises:
         KandinskyImageError: the image check failed; nothing was submitted.
         KandinskySubmitUncertainError: the gateway may have queued the job but its answer
-            was lost; it is not resent.
+            was lost, and no callback named it in time; it is not resent.
 
     Example:
         ```python
@@ -374,8 +424,46 @@ async def submit_video(
     )
     creds = _credentials(credentials)
     logger = get_run_logger()
+    nonce: str | None = None
     if webhook_base_url is not None:
-        webhook_url = _callback_url(webhook_base_url, webhook_url, creds)
+        if webhook_url is not None:
+            raise ValueError("pass webhook_url or webhook_base_url, not both")
+        nonce = submit_nonce(
+            _submit_scope(idempotency_key),
+            video.to_payload(),
+            _gateway_identity(credentials),
+            webhook_base_url,
+            take,
+        )
+        webhook_url = run_callback_url(
+            webhook_base_url, creds.webhook_secret, flow_run_id=runtime_flow_run.id, nonce=nonce
+        )
+
+    def job(request_id: str, *, adopted: bool = False) -> VideoJob:
+        return VideoJob(
+            request_id=request_id,
+            polling_url=None,
+            request=video,
+            model_id=creds.model_id,
+            estimated_cost_usd=video.estimated_cost_usd,
+            submitted_at=datetime.now(timezone.utc),
+            idempotency_key=idempotency_key,
+            input_preview=preview,
+            callback_nonce=nonce,
+            adopted=adopted,
+        )
+
+    preview: str | None = None
+    if nonce is not None:
+        earlier = await _stored_callback(nonce, logger)
+        if earlier is not None:
+            logger.warning(
+                "Generation %s was %s: an earlier attempt of this submit created it and lost "
+                "its answer; not submitting again",
+                earlier,
+                ADOPTED_NOTE,
+            )
+            return job(earlier, adopted=True)
     preview = await _checked_input(video.image_url, logger, creds.base_url) if check_image else None
     logger.info(
         "Submitting %s %s video (estimated cost %s)",
@@ -386,18 +474,25 @@ async def submit_video(
     if rate_limit:
         await acquire_rate_limit(rate_limit, strict=True)
     async with creds.get_client(logger=logger) as client:
-        answer = await client.submit(video, webhook_url=webhook_url, webhook_mode=webhook_mode)
+        try:
+            answer = await client.submit(video, webhook_url=webhook_url, webhook_mode=webhook_mode)
+        except KandinskySubmitUncertainError as exc:
+            if nonce is None:
+                raise
+            logger.warning(
+                "The submit's answer was lost (%s); looking for its job's callback (nonce %s) "
+                "for up to %.0fs before calling it uncertain",
+                exc.message,
+                nonce,
+                adopt_timeout_seconds,
+            )
+            adopted = await _adopted(nonce, adopt_timeout_seconds, logger)
+            if adopted is None:
+                raise
+            logger.warning("Generation %s was %s: it is not submitted again", adopted, ADOPTED_NOTE)
+            return job(adopted, adopted=True)
     logger.info("Gateway queued %s (status %s)", answer.request_id, answer.status.value)
-    return VideoJob(
-        request_id=answer.request_id,
-        polling_url=answer.polling_url,
-        request=video,
-        model_id=creds.model_id,
-        estimated_cost_usd=video.estimated_cost_usd,
-        submitted_at=datetime.now(timezone.utc),
-        idempotency_key=idempotency_key,
-        input_preview=preview,
-    )
+    return job(answer.request_id).model_copy(update={"polling_url": answer.polling_url})
 
 
 @task(

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID, uuid4, uuid5
 
 import httpx
 import pytest
@@ -36,6 +36,7 @@ from prefect_kandinsky.events.tokens import (
     event_id,
     event_name,
     resource_id,
+    run_callback_url,
     verify_token,
 )
 from prefect_kandinsky.gateway.models import WebhookMode
@@ -265,6 +266,55 @@ def test_http_base_url_is_allowed_only_when_asked_and_event_helpers_are_determin
     assert UUID("fd783b2e-810f-4745-91e9-70eb87dba462") == EVENT_ID_NAMESPACE
 
 
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://127.0.0.1.evil.example",
+        "http://127.0.0.1.evil.example:8080/hooks",
+        "http://127.0.0.1@evil.example",
+        "http://localhost.evil.example",
+        "http://10.0.0.7:8080",
+    ],
+)
+def test_http_callbacks_go_only_to_a_loopback_address_parsed_as_an_ip(base_url: str) -> None:
+    """A host that merely starts with 127.0.0.1 is not loopback: no http callback URL for it."""
+    with pytest.raises(ValueError, match="absolute https URL of the webhook receiver"):
+        run_callback_url(base_url, SecretStr(SECRET), flow_run_id=None)
+
+
+@pytest.mark.parametrize(
+    "base_url", ["http://127.0.0.1:8080", "http://127.8.9.1", "http://[::1]:9"]
+)
+def test_http_callbacks_to_a_loopback_address_are_made(base_url: str) -> None:
+    """127.0.0.0/8 and ::1 over http are a receiver on this machine: allowed."""
+    url = run_callback_url(base_url, SecretStr(SECRET), flow_run_id=None, nonce="n0nce-abc")
+    assert url.startswith(f"{base_url}/kandinsky/callbacks/none/n0nce-abc/")
+
+
+async def test_a_refused_callback_url_is_quoted_without_its_token() -> None:
+    """The client's refusal of an http callback URL names its host, never its path or token."""
+    url = callback_url("http://127.0.0.1:9", SECRET, flow_run_id=uuid4(), allow_http=True)
+    request = VideoRequest(prompt="Waves.", image_url="https://example.com/a.png")
+    async with KandinskyClient(api_key="k", base_url="https://gateway.example") as client:
+        with pytest.raises(ValueError, match="absolute https URL") as caught:
+            await client.submit(request, webhook_url=url)
+    assert "http://127.0.0.1:9/<redacted>" in str(caught.value)
+    assert no_secrets(str(caught.value), token_of(url), url.rsplit("/", 2)[1])
+
+
+def test_event_ids_differ_per_callback_url_and_keep_their_old_form_without_one() -> None:
+    """The same status on two URLs is two events; without a URL the id is as it always was."""
+    run = uuid4()
+    assert event_id("r-1", "COMPLETED", flow_run_id=run, nonce="n0nce-abc") != event_id(
+        "r-1", "COMPLETED", flow_run_id=uuid4(), nonce="n0nce-abc"
+    )
+    assert event_id("r-1", "COMPLETED", flow_run_id=run, nonce="n0nce-abc") != event_id(
+        "r-1", "COMPLETED", flow_run_id=run, nonce="n0nce-abd"
+    )
+    assert UUID("0d2b2a36-0f74-5a3c-9d0e-8a4f3c0c1a11") != event_id("r-1", "COMPLETED")
+    assert uuid5(EVENT_ID_NAMESPACE, "r-1:COMPLETED") == event_id("r-1", "COMPLETED")
+
+
 # -- callbacks over real https ---------------------------------------------------------------
 
 
@@ -273,7 +323,9 @@ async def test_terminal_callback_emits_one_completed_event_after_a_status_read(
 ) -> None:
     """One https callback, one status read to confirm it, one completed event naming the run."""
     flow_run = uuid4()
-    request_id = await submit(emulator, receiver.callback_url(flow_run_id=flow_run))
+    url = receiver.callback_url(flow_run_id=flow_run)
+    nonce = url.rsplit("/", 2)[1]
+    request_id = await submit(emulator, url)
     await until(lambda: settled(emulator, receiver, request_id, 1), what="callback processed")
 
     assert [202] == delivery_codes(emulator, request_id)
@@ -286,9 +338,13 @@ async def test_terminal_callback_emits_one_completed_event_after_a_status_read(
         "prefect.resource.name": request_id,
     } == event["resource"]
     assert [
-        {"prefect.resource.id": f"prefect.flow-run.{flow_run}", "prefect.resource.role": "flow-run"}
+        {
+            "prefect.resource.id": f"prefect.flow-run.{flow_run}",
+            "prefect.resource.role": "flow-run",
+        },
+        {"prefect.resource.id": f"kandinsky.callback.{nonce}", "prefect.resource.role": "callback"},
     ] == event["related"]
-    assert event_id(request_id, "COMPLETED") == event["id"]
+    assert event_id(request_id, "COMPLETED", flow_run_id=flow_run, nonce=nonce) == event["id"]
     payload = event["payload"]
     assert status["output"]["media_url"] == payload["media_urls"]
     assert ("COMPLETED", "video/mp4", None) == (
@@ -300,6 +356,7 @@ async def test_terminal_callback_emits_one_completed_event_after_a_status_read(
         [
             "request_id",
             "status",
+            "confirmed",
             "media_urls",
             "media_type",
             "error",
@@ -309,6 +366,7 @@ async def test_terminal_callback_emits_one_completed_event_after_a_status_read(
             "model_id",
         ]
     ) == sorted(payload)
+    assert payload["confirmed"] is True
     assert status["completed_at"].replace(" ", "T") == payload["completed_at"][:19]
     assert payload["completed_at"][:19] == event["occurred"].isoformat()[:19]
 
@@ -333,6 +391,10 @@ async def test_sync_mode_emits_each_status_once_in_order(
     assert set(names) <= {QUEUED, PROCESSING, COMPLETED}
     assert len(codes) > len(names), codes
     assert 200 in codes  # repeated progress callbacks, answered as duplicates
+    confirmed = {e["event"]: e["payload"]["confirmed"] for e in sink.of(request_id)}
+    assert {PROCESSING: False, COMPLETED: True} == {
+        k: v for k, v in confirmed.items() if k != QUEUED
+    }
     assert 1 == emulator.state.count("status", request_id=request_id)  # only COMPLETED is read
 
 
@@ -341,12 +403,18 @@ async def test_duplicate_deliveries_change_nothing(
 ) -> None:
     """The same terminal callback three times: 202, then 200 twice, and one event."""
     emulator.configure(duplicate_webhooks=2)
-    request_id = await submit(emulator, receiver.callback_url(flow_run_id=None))
+    url = receiver.callback_url(flow_run_id=None)
+    request_id = await submit(emulator, url)
     await until(lambda: settled(emulator, receiver, request_id, 3), what="three deliveries")
 
     assert [202, 200, 200] == delivery_codes(emulator, request_id)
     assert [COMPLETED] == sink.names(request_id)
-    assert [] == sink.of(request_id)[0]["related"]
+    assert [
+        {
+            "prefect.resource.id": f"kandinsky.callback.{url.rsplit('/', 2)[1]}",
+            "prefect.resource.role": "callback",
+        }
+    ] == sink.of(request_id)[0]["related"]
     assert 1 == emulator.state.count("status", request_id=request_id)
 
 
@@ -456,27 +524,121 @@ async def test_a_callback_url_serves_one_request_only(
     assert [] == sink.names(second)
 
 
-async def test_completed_callback_for_a_running_job_waits_for_the_gateway(
+async def test_a_foreign_body_on_an_unused_url_does_not_take_the_jobs_own_event(
     emulator: EmulatorServer, receiver: WebhookServer, sink: EventSink, https: httpx.AsyncClient
 ) -> None:
-    """A COMPLETED hint the gateway does not confirm emits no completed event; the real one does."""
+    """Job B's completion posted on an unused URL A names A; B's own callback still emits its
+    own event, naming B's flow run, instead of being answered as a duplicate."""
+    run_a, run_b = uuid4(), uuid4()
+    unused = receiver.callback_url(flow_run_id=run_a)
+    own = receiver.callback_url(flow_run_id=run_b)
+    job_b = await submit(emulator, own)
+    await until(lambda: settled(emulator, receiver, job_b, 1), what="B's own callback")
+    sink_before = len(sink.of(job_b))
+
+    foreign = await https.post(unused, json=emulator.state.status(job_b))
+    again = await https.post(own, json=emulator.state.status(job_b))
+    await until(lambda: receiver.receiver.in_flight == 0)
+
+    assert (202, 200) == (foreign.status_code, again.status_code)
+    assert [202] == delivery_codes(emulator, job_b)  # B's own callback was processed
+    runs = [e["related"][0]["prefect.resource.id"] for e in sink.of(job_b)]
+    assert 1 == sink_before
+    assert [f"prefect.flow-run.{run_b}", f"prefect.flow-run.{run_a}"] == runs
+    ids = {e["id"] for e in sink.of(job_b)}
+    assert 2 == len(ids)  # two URLs, two events: neither collapses the other in Prefect
+
+
+async def test_the_foreign_claim_first_still_leaves_the_jobs_own_callback_its_event(
+    emulator: EmulatorServer, receiver: WebhookServer, sink: EventSink, https: httpx.AsyncClient
+) -> None:
+    """Posted before the job's own callback, a foreign claim does not make that one a duplicate."""
+    run_a, run_b = uuid4(), uuid4()
+    unused = receiver.callback_url(flow_run_id=run_a)
+    own = receiver.callback_url(flow_run_id=run_b)
+    job_b = await completed_job(emulator)  # its own callback is posted by hand, after
+
+    foreign = await https.post(unused, json=emulator.state.status(job_b))
+    await until(lambda: receiver.receiver.in_flight == 0)
+    response = await https.post(own, json=emulator.state.status(job_b))
+    await until(lambda: receiver.receiver.in_flight == 0)
+
+    assert (202, 202) == (foreign.status_code, response.status_code)
+    runs = [e["related"][0]["prefect.resource.id"] for e in sink.of(job_b)]
+    assert [f"prefect.flow-run.{run_a}", f"prefect.flow-run.{run_b}"] == runs
+
+
+async def test_urls_signed_with_a_previous_secret_stay_valid_while_rotating(
+    emulator: EmulatorServer, sink: EventSink, tls: TLS, https: httpx.AsyncClient
+) -> None:
+    """The receiver takes the current secret and listed previous ones; any other gets 401."""
+    old = callback_url("https://x", "whsec-old-secret-1", flow_run_id=None)
+    stranger = callback_url("https://x", "whsec-never-listed", flow_run_id=None)
+    current = callback_url("https://x", "whsec-new-secret-2", flow_run_id=None)
+    request_id = await completed_job(emulator)
+    credentials = receiver_credentials(
+        emulator,
+        webhook_secret="whsec-new-secret-2",
+        webhook_previous_secrets=["whsec-old-secret-1"],
+    )
+    with WebhookServer(credentials, certfile=tls.server_pem, emit=sink) as server:
+        codes = [
+            (await https.post(server.url + url.split("https://x", 1)[1], json=body)).status_code
+            for url, body in (
+                (old, emulator.state.status(request_id)),
+                (stranger, emulator.state.status(request_id)),
+                (current, emulator.state.status(request_id)),
+            )
+        ]
+        await until(lambda: server.receiver.in_flight == 0)
+    assert [202, 401, 202] == codes
+    assert [COMPLETED, COMPLETED] == sink.names(request_id)
+
+
+async def test_completed_callback_ahead_of_the_status_is_confirmed_once_the_gateway_agrees(
+    emulator: EmulatorServer, receiver: WebhookServer, sink: EventSink, https: httpx.AsyncClient
+) -> None:
+    """A COMPLETED callback the status endpoint does not confirm yet is read again until it
+    does, then emitted once, after a confirmed processing event; no other callback needed."""
     emulator.configure(manual=True)
-    url = receiver.callback_url(flow_run_id=uuid4())
-    request_id = await submit(emulator, url)
+    request_id = await submit(emulator, None)  # no callback of its own: only the early one
     emulator.state.advance(request_id)  # QUEUED -> PROCESSING, and it stays there
+    url = receiver.callback_url(flow_run_id=uuid4())
     early = {**emulator.state.status(request_id), "status": "COMPLETED"}
 
     response = await https.post(url, json=early)
-    await until(lambda: receiver.receiver.in_flight == 0)
-
+    await until(lambda: PROCESSING in sink.names(request_id), what="the confirmed progress")
     assert 202 == response.status_code
-    assert [PROCESSING] == sink.names(request_id)  # the confirmed status, nothing terminal
+    assert [PROCESSING] == sink.names(request_id)  # nothing terminal while the gateway disagrees
+    assert True is sink.of(request_id)[0]["payload"]["confirmed"]
 
-    emulator.state.advance(request_id, JobStatus.COMPLETED)  # completes once rendered
-    await until(lambda: settled(emulator, receiver, request_id, 1), what="the real callback")
-    await until(lambda: COMPLETED in sink.names(request_id))
-    assert [202] == delivery_codes(emulator, request_id)  # not swallowed as a duplicate
+    emulator.state.advance(request_id, JobStatus.COMPLETED)  # the status endpoint catches up
+    await until(lambda: receiver.receiver.in_flight == 0, what="the re-confirmation")
     assert [PROCESSING, COMPLETED] == sink.names(request_id)
+    assert 200 == (await https.post(url, json=early)).status_code  # a redelivery: duplicate
+    assert [PROCESSING, COMPLETED] == sink.names(request_id)
+
+
+async def test_completed_callback_the_gateway_never_confirms_is_let_go_after_the_window(
+    emulator: EmulatorServer, sink: EventSink, tls: TLS, https: httpx.AsyncClient
+) -> None:
+    """Past the confirmation window nothing terminal is emitted and a redelivery is taken."""
+    emulator.configure(manual=True)
+    request_id = await submit(emulator, None)
+    emulator.state.advance(request_id)
+    with WebhookServer(
+        receiver_credentials(emulator),
+        certfile=tls.server_pem,
+        emit=sink,
+        confirm_backoff=0.01,
+        confirm_window=0.2,
+    ) as server:
+        url = server.callback_url(flow_run_id=uuid4())
+        early = {**emulator.state.status(request_id), "status": "COMPLETED"}
+        assert 202 == (await https.post(url, json=early)).status_code
+        await until(lambda: server.receiver.in_flight == 0, what="the window to pass")
+        assert [PROCESSING] == sink.names(request_id)
+        assert 202 == (await https.post(url, json=early)).status_code  # not a duplicate
 
 
 class SlowTransport(httpx.AsyncBaseTransport):
@@ -660,6 +822,7 @@ class RealRun:
     duplicate_codes: list[int | None]
     media_urls: list[str]
     tokens: list[str]
+    nonces: list[str]
     emitted: list[dict[str, Any]] = field(default_factory=list)
     api: dict[str, list[Any]] = field(default_factory=dict)
 
@@ -741,6 +904,7 @@ async def real_run(
             duplicate_codes=delivery_codes(emulator, duplicate),
             media_urls=emulator.state.status(terminal)["output"]["media_url"],
             tokens=[token_of(url), token_of(other), token_of(dup_url)],
+            nonces=[url.rsplit("/", 2)[1], dup_url.rsplit("/", 2)[1]],
             emitted=emitted,
         )
     deadline = time.monotonic() + 15  # the API writes events in batches, every few seconds
@@ -761,10 +925,16 @@ async def test_real_api_stores_the_terminal_event_with_its_resources_and_id(
     assert COMPLETED == event.event
     assert resource_id(real_run.terminal) == event.resource.id
     assert real_run.terminal == event.resource.name
-    (related,) = event.related
-    assert (f"prefect.flow-run.{real_run.flow_run}", "flow-run") == (related.id, related.role)
+    flow_run, callback = event.related
+    assert (f"prefect.flow-run.{real_run.flow_run}", "flow-run") == (flow_run.id, flow_run.role)
+    assert (f"kandinsky.callback.{real_run.nonces[0]}", "callback") == (callback.id, callback.role)
     assert real_run.media_urls == event.payload["media_urls"]
-    assert event_id(real_run.terminal, "COMPLETED") == event.id
+    assert (
+        event_id(
+            real_run.terminal, "COMPLETED", flow_run_id=real_run.flow_run, nonce=real_run.nonces[0]
+        )
+        == event.id
+    )
     assert event.payload["completed_at"][:19] == event.occurred.isoformat()[:19]
 
 
@@ -778,8 +948,8 @@ async def test_real_api_duplicates_are_emitted_and_stored_once(real_run: RealRun
     ]
     assert [COMPLETED] == [e["event"] for e in emitted]
     (event,) = real_run.api[real_run.duplicate]
-    assert event_id(real_run.duplicate, "COMPLETED") == event.id
-    assert [] == event.related
+    assert event_id(real_run.duplicate, "COMPLETED", nonce=real_run.nonces[1]) == event.id
+    assert [f"kandinsky.callback.{real_run.nonces[1]}"] == [r.id for r in event.related]
 
 
 async def test_real_api_has_nothing_for_forged_callbacks_and_no_secrets(

@@ -32,6 +32,7 @@ from prefect_kandinsky.artifacts import (
     short_prompt,
     shorten,
 )
+from prefect_kandinsky.events.adoption import ADOPTED_NOTE
 
 if TYPE_CHECKING:
     from prefect_kandinsky.batch.ledger import RowRecord
@@ -175,7 +176,7 @@ def batch_table(result: BatchResult) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = [
         {
             "row": _cell(_row_name(record), 24),
-            "status": record.state,
+            "status": f"{record.state}, {ADOPTED_NOTE}" if record.adopted else record.state,
             "stored at": stored_at(record.uri),
             "error": _cell(record.error or "", 32),
             "cost": _row_cost(record),
@@ -209,6 +210,11 @@ def batch_markdown(result: BatchResult) -> str:
         f"| charged (all runs, by the documented prices) | {result.charged_label} |",
         f"| charged by this run | {result.charged_this_run_label} |",
     ]
+    if result.ambiguous_attempts:
+        lines.append(
+            f"| may also have cost: {result.ambiguous_attempts} ambiguous submits (job unknown) "
+            f"| up to {_money(result.ambiguous_usd)} |"
+        )
     if result.unknown_cost_rows:
         lines.append(f"| rows without a documented price (256P) | {result.unknown_cost_rows} |")
     lines.append("")

@@ -88,6 +88,15 @@ class Attempt(BaseModel):
         description="What the gateway charged by the documented prices: the price for "
         "COMPLETED and FAILED, 0 for ERROR and refusals; None while unknown.",
     )
+    callback_nonce: str | None = Field(
+        default=None,
+        description="The nonce of the submit's callback URL, recorded with the intent before "
+        "the submit is sent: if its answer is lost, the job is found by its callback's event.",
+    )
+    adopted: bool = Field(
+        default=False,
+        description="True when the answer was lost and the job adopted from its callback.",
+    )
 
 
 class RowRecord(BaseModel):
@@ -132,6 +141,25 @@ class RowRecord(BaseModel):
         return any(
             a.status in ("COMPLETED", "FAILED") and a.charged_usd is None for a in self.attempts
         )
+
+    @property
+    def ambiguous_usd(self) -> Decimal:
+        """What submits whose answer was lost and whose job is unknown may have cost."""
+        price = self.estimated_cost_usd or Decimal(0)
+        return sum(
+            (price for a in self.attempts if a.request_id is None and a.charged_usd is None),
+            Decimal(0),
+        )
+
+    @property
+    def ambiguous_attempts(self) -> int:
+        """Submits whose answer was lost and whose job is unknown (not adopted)."""
+        return sum(a.request_id is None and a.charged_usd is None for a in self.attempts)
+
+    @property
+    def adopted(self) -> bool:
+        """Whether the current job was adopted from its callback."""
+        return bool(self.attempts) and self.attempts[-1].adopted
 
     @property
     def done(self) -> bool:

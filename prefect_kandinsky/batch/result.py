@@ -69,12 +69,36 @@ class BatchResult(BaseModel):
             return "no new charges"
         return _charge(new, unpriced)
 
+    @property
+    def ambiguous_usd(self) -> Decimal:
+        """What submits whose answer was lost, and whose job is unknown, may have cost on top
+        of ``charged_usd`` (adopted ones are in ``charged_usd``): the gateway's bill is between
+        the two sums."""
+        return sum((row.ambiguous_usd for row in self.rows), Decimal(0))
+
+    @property
+    def ambiguous_attempts(self) -> int:
+        """Submits whose answer was lost and whose job is unknown, over every row."""
+        return sum(row.ambiguous_attempts for row in self.rows)
+
+    @property
+    def adopted_rows(self) -> int:
+        """Rows whose job was adopted from its callback after the submit's answer was lost."""
+        return sum(row.adopted for row in self.rows)
+
     def summary(self) -> str:
         """One line: counts and spend."""
         counts = ", ".join(f"{n} {state}" for state, n in sorted(self.counts.items()))
+        adopted = f", {self.adopted_rows} adopted from their callback" if self.adopted_rows else ""
+        ambiguous = ""
+        if self.ambiguous_attempts:
+            more = f"up to ${self.ambiguous_usd:.2f}" if self.ambiguous_usd else "an unknown amount"
+            ambiguous = (
+                f"; {plural(self.ambiguous_attempts, 'ambiguous submit')} may have cost {more} more"
+            )
         return (
-            f"{plural(len(self.rows), 'row')}: {counts}; charged {self.charged_label} in all, "
-            f"this run: {self.charged_this_run_label}"
+            f"{plural(len(self.rows), 'row')}: {counts}{adopted}; charged {self.charged_label} "
+            f"in all, this run: {self.charged_this_run_label}{ambiguous}"
         )
 
 
@@ -85,6 +109,3 @@ def _charge(known: Decimal, unpriced: int) -> str:
     if unpriced:
         text += f" plus {plural(unpriced, 'row')} without a documented price (unknown)"
     return text
-
-
-# -- deciding what each row needs --------------------------------------------------------------

@@ -54,7 +54,12 @@ from prefect_kandinsky.batch.ledger import Attempt, Ledger, RowRecord, RowState
 from prefect_kandinsky.batch.manifests import BatchRow
 from prefect_kandinsky.batch.problems import RowProblem, manifest_error
 from prefect_kandinsky.credentials import KandinskyCredentials
-from prefect_kandinsky.events.tokens import run_callback_url
+from prefect_kandinsky.events.adoption import (
+    ADOPTED_NOTE,
+    AmbiguousCallbackError,
+    CallbackWatch,
+)
+from prefect_kandinsky.events.tokens import new_nonce, run_callback_url
 from prefect_kandinsky.events.waits import (
     DEFAULT_SAFETY_POLL_SECONDS,
     EventSignals,
@@ -284,9 +289,10 @@ class _Rows:
     destination: Destination
     settings: RowSettings
     progress: BatchProgress
-    callback: Callable[[], str] | None = None
+    callback: Callable[[str], str] | None = None
     signals: EventSignals | None = None
     lease: BatchLease | None = None
+    adoptions: CallbackWatch | None = None
     stopped: str | None = None
     latest: dict[str, RowRecord] = field(default_factory=dict)
     doing: dict[str, int] = field(default_factory=dict)
@@ -371,6 +377,8 @@ class _Rows:
             return record
         if record.state == "failed" and not settings.retry_failed:
             return record
+        if record.state in ("submitting", "uncertain"):
+            record = await self._adopt(record) or record
         if record.state in ("submitting", "uncertain") and not settings.resubmit_uncertain:
             return await self._save(
                 record,
@@ -405,7 +413,8 @@ class _Rows:
             )
         if self.settings.rate_limit:
             await acquire_rate_limit(self.settings.rate_limit, strict=True)
-        attempt = Attempt(submitted_at=datetime.now(timezone.utc))
+        nonce = new_nonce() if self.callback else None  # recorded before the submit is sent
+        attempt = Attempt(submitted_at=datetime.now(timezone.utc), callback_nonce=nonce)
         attempts = [*record.attempts, attempt]
         record = await self._save(
             record, state="submitting", request_id=None, attempts=attempts, error=None
@@ -413,11 +422,13 @@ class _Rows:
         try:
             answer = await self.client.submit(
                 row.request,
-                webhook_url=self.callback() if self.callback else None,
+                webhook_url=self.callback(nonce) if self.callback and nonce else None,
                 webhook_mode=self.settings.webhook_mode if self.callback else None,
             )
         except KandinskySubmitUncertainError as exc:
-            return await self._save(record, state="uncertain", error=str(exc))
+            return await self._adopt(record) or await self._save(
+                record, state="uncertain", error=str(exc)
+            )
         except KandinskyAPIError as exc:
             attempts[-1] = attempt.model_copy(update={"charged_usd": Decimal(0)})
             if exc.status_code in STOPPING_CODES:
@@ -431,6 +442,32 @@ class _Rows:
         )
         return await self._save(
             record, state="submitted", request_id=answer.request_id, attempts=attempts
+        )
+
+    async def _adopt(self, record: RowRecord) -> RowRecord | None:
+        """The row submitted, if its lost submit's job is found by its callback's nonce."""
+        nonce = record.attempts[-1].callback_nonce if record.attempts else None
+        if nonce is None or self.adoptions is None:
+            return None
+        try:
+            request_id = await self.adoptions.request_id(
+                nonce, timeout=self.settings.wait_timeout_seconds
+            )
+        except AmbiguousCallbackError as exc:
+            get_run_logger().error("Row %s: not adopting: %s", record.row_id or record.line, exc)
+            return None
+        if request_id is None:
+            return None
+        get_run_logger().warning(
+            "Row %s: generation %s was %s (the submit's answer was lost)",
+            record.row_id or f"line {record.line}",
+            request_id,
+            ADOPTED_NOTE,
+        )
+        attempts = list(record.attempts)
+        attempts[-1] = attempts[-1].model_copy(update={"request_id": request_id, "adopted": True})
+        return await self._save(
+            record, state="submitted", request_id=request_id, attempts=attempts, error=None
         )
 
     async def _wait(self, record: RowRecord) -> tuple[RowRecord, StatusResponse | None]:
@@ -560,14 +597,34 @@ async def run_rows(
             signals = await stack.enter_async_context(
                 EventSignals(flow_run_id=str(runtime_flow_run.id))
             )
-        worker = _Rows(client, ledger, destination, settings, progress, callback, signals, lease)
+        adoptions = None
+        if callback is not None or any(_lost_with_nonce(r) for r in known.values()):
+            adoptions = await stack.enter_async_context(CallbackWatch())
+        worker = _Rows(
+            client,
+            ledger,
+            destination,
+            settings,
+            progress,
+            callback,
+            signals,
+            lease,
+            adoptions=adoptions,
+        )
         return await worker.run(rows, known)
+
+
+def _lost_with_nonce(record: RowRecord) -> bool:
+    """Whether a row's submit may have been lost and its callback can still name its job."""
+    return record.state in ("submitting", "uncertain") and bool(
+        record.attempts and record.attempts[-1].callback_nonce
+    )
 
 
 def _callback_maker(
     settings: RowSettings, credentials: KandinskyCredentials
-) -> Callable[[], str] | None:
-    """A maker of callback URLs of this flow run for the submits, or None without webhooks."""
+) -> Callable[[str], str] | None:
+    """A maker of callback URLs of this flow run (from a nonce), or None without webhooks."""
     base = settings.webhook_base_url
     if settings.wait == "events" and base is None:
         raise ValueError(
@@ -578,7 +635,9 @@ def _callback_maker(
         return None
     secret = credentials.webhook_secret
     run_callback_url(base, secret, flow_run_id=runtime_flow_run.id)  # refuse a bad base now
-    return lambda: run_callback_url(base, secret, flow_run_id=runtime_flow_run.id)
+    return lambda nonce: run_callback_url(
+        base, secret, flow_run_id=runtime_flow_run.id, nonce=nonce
+    )
 
 
 def _rendering(record: RowRecord | None) -> bool:

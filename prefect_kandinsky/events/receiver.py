@@ -36,8 +36,8 @@ code  case                                                     effect
       ``status``                                               says what is wrong
 413   body larger than ``MAX_BODY_BYTES``                      nothing emitted
 409   the URL is bound to another ``request_id``               nothing emitted
-200   (request_id, status) seen before, or older than a        nothing changes
-      status already emitted
+200   (URL, request_id, status) seen before, or older than a   nothing changes
+      status already emitted for that URL
 202   anything else                                            answered at once, work after
 ====  =======================================================  =============================
 
@@ -47,13 +47,21 @@ requests run concurrently. A terminal callback (COMPLETED, FAILED, ERROR) is a h
 gateway does not sign its callbacks, so the receiver reads the status endpoint with the
 credentials and emits what the gateway says (a status read that fails is retried with backoff;
 if it gives up, nothing is emitted, the delivery is forgotten so a redelivery is processed
-again, and an error is logged). Progress callbacks (``X-Webhook-Mode: sync``) are emitted as
-they come. Every status is emitted once per request, never one that goes back (a late
-PROCESSING after COMPLETED is dropped). On shutdown the receiver finishes the work it accepted
-(for up to ``drain_timeout`` seconds) and logs, at error level and by request id, any callback
-it had to abandon.
+again, and an error is logged). When the status endpoint still says the job runs (it may lag
+behind the callback), that status is emitted once and the read is repeated with backoff for
+up to ``confirm_window`` seconds (2 minutes), until the gateway agrees; then the terminal
+event is emitted once. Progress callbacks (``X-Webhook-Mode: sync``) are emitted as they come,
+their payload saying ``"confirmed": false``. Every status is emitted once per callback URL and
+request, never one that goes back (a late PROCESSING after COMPLETED is dropped). A URL
+serves one request: deliveries, progress and event ids are kept per URL (flow run, nonce), so
+a body of another job posted on an unused URL names that URL's flow run only, and never
+turns the job's own callback into a duplicate. On shutdown the receiver finishes the work it
+accepted (for up to ``drain_timeout`` seconds) and logs, at error level and by request id, any
+callback it had to abandon.
 
-Events carry a deterministic id, ``uuid5(EVENT_ID_NAMESPACE, f"{request_id}:{STATUS}")``, so
+Every event names the URL's nonce as related resource ``kandinsky.callback.<nonce>`` (the
+submitting side finds a job whose submit answer was lost by it: ``adoption``), and carries a
+deterministic id, ``uuid5(EVENT_ID_NAMESPACE, f"{request_id}:{STATUS}:{flow run}:{nonce}")``, so
 deliveries that reach Prefect twice (e.g. after a restart of the receiver, whose dedupe memory
 is in memory) collapse there: the event store keeps one event per id and triggers skip an id
 seen recently.
@@ -116,7 +124,9 @@ from starlette.routing import Route
 from prefect_kandinsky.credentials import KandinskyCredentials
 from prefect_kandinsky.events.tokens import (
     CALLBACK_PATH,
+    CALLBACK_ROLE,
     NO_FLOW_RUN,
+    callback_resource_id,
     event_id,
     event_name,
     flow_run_segment,
@@ -147,6 +157,11 @@ DEFAULT_CONFIRM_ATTEMPTS = 4
 """Status reads tried to confirm a terminal callback (each retried by the client as well)."""
 DEFAULT_CONFIRM_BACKOFF_SECONDS = 2.0
 """Wait before the second confirmation attempt; it doubles for each further attempt."""
+DEFAULT_CONFIRM_WINDOW_SECONDS = 120.0
+"""How long a terminal callback the gateway's status does not agree with yet is read again
+(its status endpoint may lag behind its callbacks), before it is let go."""
+MAX_CONFIRM_BACKOFF_SECONDS = 15.0
+"""Longest wait between two status reads that re-confirm a terminal callback."""
 DEFAULT_DRAIN_TIMEOUT_SECONDS = 30.0
 """On shutdown, how long accepted callbacks may take to finish before they are abandoned."""
 _CLOSE = {"Connection": "close"}
@@ -194,6 +209,8 @@ def _emit_outside_runs(emit: Emit, **event: Any) -> Any:
 
 K = TypeVar("K")
 V = TypeVar("V")
+_Delivery = tuple[str, str, str, JobStatus]
+_Job = tuple[str, str, str]
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,6 +263,16 @@ class _Callback:
     def status(self) -> JobStatus:
         return self.body.status
 
+    @property
+    def delivery(self) -> _Delivery:
+        """What deduplicates this callback: its URL (flow run, nonce), request and status."""
+        return (self.flow_run, self.nonce, self.request_id, self.status)
+
+    @property
+    def job(self) -> _Job:
+        """The job as reported on this URL: progress is kept per URL and request."""
+        return (self.flow_run, self.nonce, self.request_id)
+
 
 class _Refused(Exception):
     def __init__(self, status_code: int, message: str) -> None:
@@ -281,11 +308,16 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
-def event_payload(status: StatusResponse) -> dict[str, Any]:
-    """The payload of a ``kandinsky.video.*`` event (timestamps as ISO strings)."""
+def event_payload(status: StatusResponse, *, confirmed: bool = True) -> dict[str, Any]:
+    """The payload of a ``kandinsky.video.*`` event (timestamps as ISO strings).
+
+    ``confirmed`` says whether the status was read from the gateway's status endpoint (always
+    so for a terminal status) or only reported by a callback, which the gateway does not sign.
+    """
     return {
         "request_id": status.request_id,
         "status": status.status.value,
+        "confirmed": confirmed,
         "media_urls": status.media_urls,
         "media_type": status.output.media_type if status.output else None,
         "error": status.error,
@@ -378,13 +410,16 @@ class WebhookReceiver:
         confirm_attempts: int = DEFAULT_CONFIRM_ATTEMPTS,
         confirm_backoff: float = DEFAULT_CONFIRM_BACKOFF_SECONDS,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_SECONDS,
+        confirm_window: float = DEFAULT_CONFIRM_WINDOW_SECONDS,
     ) -> None:
         if dedupe_size < 1:
             raise ValueError(f"dedupe_size must be 1 or more; got {dedupe_size}")
         if confirm_attempts < 1:
             raise ValueError(f"confirm_attempts must be 1 or more; got {confirm_attempts}")
-        if confirm_backoff < 0 or drain_timeout < 0:
-            raise ValueError("confirm_backoff and drain_timeout must be zero or more")
+        if confirm_backoff < 0 or drain_timeout < 0 or confirm_window < 0:
+            raise ValueError(
+                "confirm_backoff, confirm_window and drain_timeout must be zero or more"
+            )
         if emit is None:
             from prefect.events import emit_event
 
@@ -394,12 +429,13 @@ class WebhookReceiver:
         self.confirm_attempts = confirm_attempts
         self.confirm_backoff = confirm_backoff
         self.drain_timeout = drain_timeout
+        self.confirm_window = confirm_window
         self._emit = emit
         self._client_transport = client_transport
         self._client: KandinskyClient | None = None
-        self._seen: _LRU[tuple[str, JobStatus], bool] = _LRU(dedupe_size)
+        self._seen: _LRU[_Delivery, bool] = _LRU(dedupe_size)
         self._bindings: _LRU[tuple[str, str], str] = _LRU(dedupe_size)
-        self._emitted: _LRU[str, int] = _LRU(dedupe_size)
+        self._emitted: _LRU[_Job, int] = _LRU(dedupe_size)
         self._locks: dict[str, asyncio.Lock] = {}
         self._lock_users: dict[str, int] = {}
         self._tasks: dict[asyncio.Task[None], _Callback] = {}
@@ -449,14 +485,14 @@ class WebhookReceiver:
                 "the callback URL has no token: it must end in "
                 f"{CALLBACK_PATH}/<flow_run_id>/<nonce>/<token>",
             )
-        secret = self.credentials.webhook_secret
-        if secret is None:
+        if self.credentials.webhook_secret is None:
             logger.warning(
                 "Refused a callback for flow run %s: the receiver has no webhook_secret",
                 _loggable(flow_run),
             )
             raise _Refused(401, "the receiver accepts no callbacks: it has no webhook secret")
-        if not verify_token(secret, parts[2], flow_run_id=flow_run, nonce=parts[1]):
+        secrets = self.credentials.webhook_secrets  # the current one, then previous ones
+        if not verify_token(secrets, parts[2], flow_run_id=flow_run, nonce=parts[1]):
             logger.warning(
                 "Refused a callback with an invalid token for flow run %s", _loggable(flow_run)
             )
@@ -480,10 +516,11 @@ class WebhookReceiver:
             )
             raise _Refused(409, "this callback URL belongs to another request")
         self._bindings.set(binding, request_id)
-        if (request_id, status) in self._seen:
+        callback = _Callback(flow_run=flow_run, nonce=nonce, body=body)
+        if callback.delivery in self._seen:
             logger.debug("Duplicate %s callback for %s", status.value, request_id)
             return JSONResponse({"status": "duplicate", "request_id": request_id}, headers=_CLOSE)
-        emitted = self._emitted.get(request_id)
+        emitted = self._emitted.get(callback.job)
         if emitted is not None and _RANK[status] <= emitted:
             logger.info(
                 "Ignored a late %s callback for %s: a later status was already emitted",
@@ -491,8 +528,8 @@ class WebhookReceiver:
                 request_id,
             )
             return JSONResponse({"status": "stale", "request_id": request_id}, headers=_CLOSE)
-        self._seen.set((request_id, status), True)
-        self._schedule(_Callback(flow_run=flow_run, nonce=nonce, body=body))
+        self._seen.set(callback.delivery, True)
+        self._schedule(callback)
         return JSONResponse(
             {"status": "accepted", "request_id": request_id}, status_code=202, headers=_CLOSE
         )
@@ -538,37 +575,65 @@ class WebhookReceiver:
 
     def _forget(self, callback: _Callback) -> None:
         """Unmark a delivery, so that the gateway's next delivery of it is processed again."""
-        self._seen.pop((callback.request_id, callback.status))
+        self._seen.pop(callback.delivery)
 
     async def _process(self, callback: _Callback) -> None:
         if not (callback.status.is_terminal and self.confirm):
-            await self._emit_status(callback.body, callback)
+            await self._emit_status(callback.body, callback, confirmed=False)
             return
-        confirmed = await self._confirmed(callback)
+        confirmed = await self._agreed(callback)
         if confirmed is None:
             self._forget(callback)
             return
         if confirmed.status is not callback.status:
-            self._forget(callback)
-            self._seen.set((confirmed.request_id, confirmed.status), True)
-            if confirmed.status.is_terminal:
+            logger.warning(
+                "Callback for %s said %s but the gateway says %s: emitting %s",
+                callback.request_id,
+                callback.status.value,
+                confirmed.status.value,
+                confirmed.status.value,
+            )
+        await self._emit_status(confirmed, callback, confirmed=True)
+
+    async def _agreed(self, callback: _Callback) -> StatusResponse | None:
+        """The gateway's terminal status of a terminal callback's request, read again with
+        backoff while the status endpoint still says the job runs (it may lag behind the
+        callback), for up to ``confirm_window`` seconds; None if it never agreed.
+
+        The running status read meanwhile is emitted once, as confirmed progress.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.confirm_window
+        delay = self.confirm_backoff
+        reported = False
+        while True:
+            status = await self._confirmed(callback)
+            if status is None or status.status.is_terminal:
+                return status
+            if not reported:
+                reported = True
                 logger.warning(
-                    "Callback for %s said %s but the gateway says %s: emitting %s",
+                    "Callback for %s said %s but the gateway still says %s: reading its "
+                    "status again for up to %.0fs before emitting anything terminal",
                     callback.request_id,
                     callback.status.value,
-                    confirmed.status.value,
-                    confirmed.status.value,
+                    status.status.value,
+                    self.confirm_window,
                 )
-            else:
-                logger.warning(
-                    "Callback for %s said %s but the gateway still says %s: no %s event until "
-                    "the gateway confirms it",
-                    callback.request_id,
+                await self._emit_status(status, callback, confirmed=True)
+            if loop.time() + delay > deadline:
+                logger.error(
+                    "The gateway did not confirm the %s callback for %s within %.0fs (it still "
+                    "says %s); nothing terminal was emitted: a redelivery will be processed, or "
+                    "the waiters' own status reads will see the end",
                     callback.status.value,
-                    confirmed.status.value,
-                    callback.status.value.lower(),
+                    callback.request_id,
+                    self.confirm_window,
+                    status.status.value,
                 )
-        await self._emit_status(confirmed, callback)
+                return None
+            await asyncio.sleep(delay)
+            delay = min(max(delay * 2, 0.01), MAX_CONFIRM_BACKOFF_SECONDS)
 
     async def _confirmed(self, callback: _Callback) -> StatusResponse | None:
         """The gateway's status of the callback's request, or None when it cannot be read."""
@@ -626,10 +691,12 @@ class WebhookReceiver:
         if self._bindings.get(binding) == callback.request_id:
             self._bindings.pop(binding)
 
-    async def _emit_status(self, status: StatusResponse, callback: _Callback) -> None:
+    async def _emit_status(
+        self, status: StatusResponse, callback: _Callback, *, confirmed: bool
+    ) -> None:
         request_id = status.request_id
         rank = _RANK[status.status]
-        emitted = self._emitted.get(request_id)
+        emitted = self._emitted.get(callback.job)
         if emitted is not None and rank <= emitted:
             logger.debug(
                 "Not emitting %s for %s: a later status was already emitted",
@@ -645,6 +712,12 @@ class WebhookReceiver:
                     "prefect.resource.role": "flow-run",
                 }
             )
+        related.append(
+            {
+                "prefect.resource.id": callback_resource_id(callback.nonce),
+                "prefect.resource.role": CALLBACK_ROLE,
+            }
+        )
         name = event_name(status.status)
         try:
             result = _emit_outside_runs(
@@ -655,18 +728,19 @@ class WebhookReceiver:
                     "prefect.resource.name": request_id,
                 },
                 related=related,
-                payload=event_payload(status),
-                id=event_id(request_id, status.status),
+                payload=event_payload(status, confirmed=confirmed),
+                id=event_id(
+                    request_id, status.status, flow_run_id=callback.flow_run, nonce=callback.nonce
+                ),
                 occurred=_occurred(status),
             )
             if inspect.isawaitable(result):
                 await result
         except Exception:
             logger.exception("Could not emit %s for %s", name, request_id)
-            self._seen.pop((request_id, status.status))
             self._forget(callback)
             return
-        self._emitted.set(request_id, rank)
+        self._emitted.set(callback.job, rank)
         logger.info(
             "Emitted %s for %s (flow run %s)", name, request_id, _loggable(callback.flow_run)
         )
@@ -716,6 +790,7 @@ def create_webhook_app(
     confirm_attempts: int = DEFAULT_CONFIRM_ATTEMPTS,
     confirm_backoff: float = DEFAULT_CONFIRM_BACKOFF_SECONDS,
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_SECONDS,
+    confirm_window: float = DEFAULT_CONFIRM_WINDOW_SECONDS,
 ) -> Starlette:
     """The receiver as an ASGI app: callbacks in, confirmed Prefect events out.
 
@@ -734,6 +809,8 @@ def create_webhook_app(
         confirm_attempts: Status reads tried before giving up on a terminal callback.
         confirm_backoff: Seconds before the second status read; doubles after each.
         drain_timeout: Seconds the accepted work may take to finish at shutdown.
+        confirm_window: Seconds a terminal callback is re-confirmed while the gateway's status
+            still says the job runs.
     """
     receiver = WebhookReceiver(
         credentials,
@@ -744,6 +821,7 @@ def create_webhook_app(
         confirm_attempts=confirm_attempts,
         confirm_backoff=confirm_backoff,
         drain_timeout=drain_timeout,
+        confirm_window=confirm_window,
     )
 
     @contextlib.asynccontextmanager

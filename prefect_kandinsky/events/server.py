@@ -6,7 +6,11 @@ uvicorn is imported here only, where a receiver starts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -18,6 +22,7 @@ from prefect_kandinsky.credentials import KandinskyCredentials
 from prefect_kandinsky.events.receiver import (
     DEFAULT_CONFIRM_ATTEMPTS,
     DEFAULT_CONFIRM_BACKOFF_SECONDS,
+    DEFAULT_CONFIRM_WINDOW_SECONDS,
     DEFAULT_DEDUPE_SIZE,
     DEFAULT_DRAIN_TIMEOUT_SECONDS,
     Emit,
@@ -36,6 +41,8 @@ if TYPE_CHECKING:
 DEFAULT_PORT = 8443
 
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 10.0
+EVENTS_FLUSH_TIMEOUT_SECONDS = 30.0
+"""At shutdown, how long Prefect's events worker may take to send the events still queued."""
 GRACEFUL_SHUTDOWN_SECONDS = 5
 """How long uvicorn lets connections finish at shutdown (the accepted work is drained after,
 for up to ``drain_timeout``)."""
@@ -160,7 +167,56 @@ def serve(
     logger.info(
         "Receiving Kandinsky callbacks at %s://%s:%d%s/...", scheme, host, port, CALLBACK_PATH
     )
-    uvicorn.Server(config).run()
+    server = _server_without_reraise(config)
+    server.run()
+    if emit is None:
+        flush_prefect_events()
+    logger.info("Stopped receiving callbacks")
+
+
+def _server_without_reraise(config: uvicorn.Config) -> uvicorn.Server:
+    """A uvicorn server that stops on SIGINT/SIGTERM and then returns normally.
+
+    uvicorn raises the captured signal again once it has shut down: a KeyboardInterrupt
+    traceback for Ctrl-C, and for SIGTERM a kill by the default handler, before Prefect's
+    events worker has sent what the receiver emitted. This one only asks uvicorn to stop
+    (stop accepting, finish the connections and the accepted work), so :func:`serve` returns,
+    flushes the events and exits 0.
+    """
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            stopping = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in stopping}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return _Server(config)
+
+
+def flush_prefect_events(timeout: float = EVENTS_FLUSH_TIMEOUT_SECONDS) -> None:
+    """Send the events Prefect's events worker still holds, before the process exits.
+
+    ``emit_event`` only queues an event; the worker sends it later, and a process that exits
+    first loses it.
+    """
+    from prefect.events.worker import EventsWorker
+
+    _, pending = EventsWorker.drain_all(timeout=timeout)  # type: ignore[misc]
+    if pending:
+        logger.error(
+            "Prefect's events worker did not send every event within %.0fs: some events may "
+            "be lost; read the status of jobs that ended just before the shutdown",
+            timeout,
+        )
 
 
 class WebhookServer:
@@ -190,6 +246,7 @@ class WebhookServer:
         confirm_attempts: int = DEFAULT_CONFIRM_ATTEMPTS,
         confirm_backoff: float = DEFAULT_CONFIRM_BACKOFF_SECONDS,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_SECONDS,
+        confirm_window: float = DEFAULT_CONFIRM_WINDOW_SECONDS,
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_SECONDS,
         log_level: str = "warning",
     ) -> None:
@@ -203,6 +260,7 @@ class WebhookServer:
             confirm_attempts=confirm_attempts,
             confirm_backoff=confirm_backoff,
             drain_timeout=drain_timeout,
+            confirm_window=confirm_window,
         )
         self.receiver: WebhookReceiver = self.app.state.receiver
         self.host = host

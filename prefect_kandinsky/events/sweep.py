@@ -80,7 +80,7 @@ async def sweep_videos(
             if state.timestamp and ((time.time() - state.timestamp.timestamp()) < after_seconds):
                 continue
             counts["suspended"] += 1
-            request_id = key.removeprefix(SUSPEND_KEY_PREFIX)
+            request_id = key.removeprefix(SUSPEND_KEY_PREFIX).partition("#")[0]
             try:
                 status = await client.get_status(request_id)
             except KandinskyError as exc:

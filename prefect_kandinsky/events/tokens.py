@@ -12,8 +12,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID, uuid5
@@ -35,6 +37,13 @@ EVENT_PREFIX = "kandinsky.video."
 """Prefix of every event name: ``kandinsky.video.completed``, ``kandinsky.video.failed``, ..."""
 RESOURCE_PREFIX = "kandinsky.request."
 """Prefix of the primary resource id of every event: ``kandinsky.request.<request_id>``."""
+CALLBACK_RESOURCE_PREFIX = "kandinsky.callback."
+"""Prefix of the related resource that names a callback URL's nonce: ``kandinsky.callback.<nonce>``.
+
+The submitting side chooses the nonce before the submit and records it, so that the event of
+a job whose submit answer was lost can be found again by it (an orphan adopted)."""
+CALLBACK_ROLE = "callback"
+"""Role of the ``kandinsky.callback.<nonce>`` related resource."""
 CALLBACK_PATH = "/kandinsky/callbacks"
 """Path of the callbacks, after any prefix of the receiver's base URL."""
 NO_FLOW_RUN = "none"
@@ -70,13 +79,70 @@ def resource_id(request_id: str) -> str:
     return f"{RESOURCE_PREFIX}{request_id}"
 
 
-def event_id(request_id: str, status: JobStatus | str) -> UUID:
-    """The deterministic id of the event for ``request_id`` entering ``status``.
+def callback_resource_id(nonce: str) -> str:
+    """The related resource id that names a callback URL's nonce: ``kandinsky.callback.<nonce>``."""
+    return f"{CALLBACK_RESOURCE_PREFIX}{nonce}"
 
-    ``uuid5(EVENT_ID_NAMESPACE, f"{request_id}:{STATUS}")`` with the status in capitals, so a
-    callback delivered twice, or by two receivers, yields the same event id.
+
+def new_nonce() -> str:
+    """A fresh random nonce for one callback URL (16 URL-safe characters)."""
+    return secrets.token_urlsafe(NONCE_BYTES)
+
+
+def event_id(
+    request_id: str,
+    status: JobStatus | str,
+    *,
+    flow_run_id: UUID | str | None = None,
+    nonce: str | None = None,
+) -> UUID:
+    """The deterministic id of the event for ``request_id`` entering ``status`` on one URL.
+
+    ``uuid5(EVENT_ID_NAMESPACE, f"{request_id}:{STATUS}:{flow run}:{nonce}")`` with the status
+    in capitals, so a callback delivered twice, or by two receivers, yields the same event id,
+    while the same status reported on another job's URL is another event (it names another
+    flow run and nonce, and must not be collapsed with the job's own). Without a flow run and
+    a nonce: ``uuid5(EVENT_ID_NAMESPACE, f"{request_id}:{STATUS}")``.
     """
-    return uuid5(EVENT_ID_NAMESPACE, f"{request_id}:{as_status(status).value}")
+    name = f"{request_id}:{as_status(status).value}"
+    if flow_run_id is not None or nonce is not None:
+        name = f"{name}:{flow_run_segment(flow_run_id)}:{nonce or ''}"
+    return uuid5(EVENT_ID_NAMESPACE, name)
+
+
+def is_loopback_http(base_url: str) -> bool:
+    """Whether ``base_url`` is plain http to a loopback address (127.0.0.0/8 or ::1).
+
+    The host is parsed as an IP address: ``http://127.0.0.1.evil.example`` is not loopback.
+    """
+    parts = urlsplit(base_url.strip())
+    if parts.scheme != "http":
+        return False
+    try:
+        host = parts.hostname
+    except ValueError:
+        return False
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def redacted_callback_url(url: str) -> str:
+    """A callback URL safe to show: its origin, with the path (flow run, nonce, token) hidden."""
+    parts = urlsplit(url.strip())
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], "/<redacted>", "", ""))
+
+
+def callback_nonce(url: str) -> str | None:
+    """The nonce of a callback URL made by :func:`callback_url`, or None for another URL."""
+    parts = urlsplit(url).path.rstrip("/").split("/")
+    if len(parts) < 5 or f"/{parts[-5]}/{parts[-4]}" != CALLBACK_PATH:
+        return None
+    nonce = parts[-2]
+    return nonce if _NONCE_RE.match(nonce) else None
 
 
 def flow_run_segment(flow_run_id: UUID | str | None) -> str:
@@ -121,17 +187,29 @@ def callback_token(secret: SecretStr | str, *, flow_run_id: UUID | str | None, n
 
 
 def verify_token(
-    secret: SecretStr | str, token: str, *, flow_run_id: UUID | str | None, nonce: str
+    secret: SecretStr | str | Iterable[SecretStr | str],
+    token: str,
+    *,
+    flow_run_id: UUID | str | None,
+    nonce: str,
 ) -> bool:
     """Whether ``token`` was made with ``secret`` for this flow run id and nonce (constant time).
 
-    A malformed flow run id or nonce, or an empty secret, verifies nothing.
+    ``secret`` may be several secrets (the current one and previous ones, while the secret is
+    rotated): the token verifies if any of them made it. Every secret is tried, so the time
+    taken does not tell which one matched. A malformed flow run id or nonce, or an empty
+    secret, verifies nothing.
     """
-    try:
-        expected = callback_token(secret, flow_run_id=flow_run_id, nonce=nonce)
-    except ValueError:
-        return False
-    return hmac.compare_digest(expected.encode("ascii"), token.encode("utf-8", "replace"))
+    candidates = [secret] if isinstance(secret, SecretStr | str) else list(secret)
+    given = token.encode("utf-8", "replace")
+    verified = False
+    for candidate in candidates:
+        try:
+            expected = callback_token(candidate, flow_run_id=flow_run_id, nonce=nonce)
+        except ValueError:
+            continue
+        verified |= hmac.compare_digest(expected.encode("ascii"), given)
+    return verified
 
 
 def callback_url(
@@ -171,7 +249,7 @@ def callback_url(
     if parts.query or parts.fragment:
         raise ValueError(f"base_url must have no query or fragment; got {base_url!r}")
     if nonce is None:
-        nonce = secrets.token_urlsafe(NONCE_BYTES)
+        nonce = new_nonce()
     segment = flow_run_segment(flow_run_id)
     token = callback_token(secret, flow_run_id=segment, nonce=nonce)
     path = f"{parts.path.rstrip('/')}{CALLBACK_PATH}/{segment}/{nonce}/{token}"
@@ -179,11 +257,17 @@ def callback_url(
 
 
 def run_callback_url(
-    base_url: str, secret: SecretStr | None, *, flow_run_id: UUID | str | None
+    base_url: str,
+    secret: SecretStr | None,
+    *,
+    flow_run_id: UUID | str | None,
+    nonce: str | None = None,
 ) -> str:
-    """A fresh callback URL of ``flow_run_id`` for one submit, or a ValueError naming the way out.
+    """The callback URL of ``flow_run_id`` for one submit, or a ValueError naming the way out.
 
-    An ``http://`` base URL is accepted for a receiver on this machine only (127.0.0.1).
+    ``nonce`` is the one recorded with the submit's intent (a fresh one when not given). An
+    ``http://`` base URL is accepted for a receiver on this machine only: a loopback IP address
+    (127.0.0.0/8, ::1), decided by parsing the host, not by its spelling.
 
     Raises:
         ValueError: no webhook secret, or a base URL :func:`callback_url` refuses.
@@ -198,5 +282,6 @@ def run_callback_url(
         base_url,
         secret,
         flow_run_id=flow_run_id,
-        allow_http=base_url.startswith("http://127.0.0.1"),
+        nonce=nonce,
+        allow_http=is_loopback_http(base_url),
     )

@@ -59,9 +59,11 @@ TERMINAL_EVENTS = frozenset(event_name(status) for status in JobStatus if status
 _logger = logging.getLogger("prefect_kandinsky.events.waits")
 
 
-def suspend_key(request_id: str) -> str:
-    """The pause key of a flow run suspended until ``request_id`` ends."""
-    return f"{SUSPEND_KEY_PREFIX}{request_id}"
+def suspend_key(request_id: str, repeat: int = 0) -> str:
+    """The pause key of a flow run suspended until ``request_id`` ends (``repeat`` times
+    suspended again before, after a resume that came while the job still ran)."""
+    key = f"{SUSPEND_KEY_PREFIX}{request_id}"
+    return key if repeat == 0 else f"{key}#{repeat}"
 
 
 # -- the event stream ----------------------------------------------------------------------
@@ -247,8 +249,11 @@ async def suspend_until_done(
     """Suspend this flow run until the job ends; return at once if it already has.
 
     The process exits here (Prefect's ``suspend_flow_run``); the completion event resumes
-    the run, which starts again from the top and passes this point, since a suspend with the
-    same key is not made twice. Needs a deployment run that is not a subflow.
+    the run, which starts again from the top and comes back here. The job's status decides,
+    not the event that resumed the run: a run resumed while its job still runs (an event of
+    another job naming it, a resume by hand) says so in its log and suspends again, under a
+    new key (a suspend with a key already fired is not made twice). Needs a deployment run
+    that is not a subflow.
     """
     from prefect.flow_runs import asuspend_flow_run
 
@@ -257,12 +262,40 @@ async def suspend_until_done(
     status = await client.get_status(request_id)
     if status.status.is_terminal:
         return
-    get_run_logger().info(
-        "Suspending until generation %s is done (it is %s); nothing runs meanwhile",
-        request_id,
-        status.status.value,
-    )
-    await asuspend_flow_run(key=suspend_key(request_id), timeout=int(timeout_seconds))
+    fired = await _fired_suspends(request_id)
+    logger = get_run_logger()
+    if fired:
+        logger.warning(
+            "Resumed, but generation %s is not done (it is %s): suspending again until its "
+            "own completion event (suspend %d)",
+            request_id,
+            status.status.value,
+            fired + 1,
+        )
+    else:
+        logger.info(
+            "Suspending until generation %s is done (it is %s); nothing runs meanwhile",
+            request_id,
+            status.status.value,
+        )
+    await asuspend_flow_run(key=suspend_key(request_id, fired), timeout=int(timeout_seconds))
+
+
+async def _fired_suspends(request_id: str) -> int:
+    """How many suspends of this flow run for ``request_id`` have already fired."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return 0
+    async with get_client() as prefect:
+        run = await prefect.read_flow_run(context.flow_run.id)
+    keys = run.empirical_policy.pause_keys or set()
+    count = 0
+    while suspend_key(request_id, count) in keys:
+        count += 1
+    return count
 
 
 def check_can_suspend() -> None:

@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 from pydantic import SecretStr, ValidationError
@@ -655,9 +655,13 @@ class KandinskyClient:
         parts = urlsplit(url)
         allowed = ("https", "http") if self.allow_http_webhooks else ("https",)
         if parts.scheme not in allowed or not parts.netloc:
+            # Only the scheme and host are quoted: a callback URL's path holds its token.
+            shown = urlunsplit(
+                (parts.scheme, parts.netloc.rpartition("@")[2], "/<redacted>", "", "")
+            )
             raise ValueError(
                 f"webhook_url must be an absolute https URL (the gateway rejects http://); "
-                f"got {url!r}"
+                f"got {shown!r}"
             )
 
     async def _guard_key(self, request: httpx.Request) -> None:

@@ -397,6 +397,17 @@ class VideoJob(BaseModel):
         description="A small thumbnail of the input image as a data: URI, made when the image "
         "was checked before the submit; None when it was not checked.",
     )
+    callback_nonce: str | None = Field(
+        default=None,
+        description="The nonce of the submit's callback URL, chosen before the submit: the "
+        "receiver's events name it (related resource kandinsky.callback.<nonce>); None "
+        "without a callback of the package's receiver.",
+    )
+    adopted: bool = Field(
+        default=False,
+        description="True when the submit's answer was lost and the job was adopted from its "
+        "callback (found by the nonce in Prefect's events): charged like any other.",
+    )
 
 
 class StatusEvent(BaseModel):
