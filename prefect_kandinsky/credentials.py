@@ -86,6 +86,7 @@ class KandinskyCredentials(CredentialsBlock):
     )
     webhook_previous_secrets: list[SecretStr] = Field(
         default_factory=list,
+        title="Previous webhook secrets",
         description="Secrets used before webhook_secret that the receiver still accepts, so "
         "callback URLs already given to running jobs stay valid while the secret is rotated; "
         "new URLs are signed with webhook_secret only. Remove one once its jobs have ended.",

@@ -187,7 +187,7 @@ async def test_without_callbacks_the_row_stays_uncertain_and_its_cost_is_shown_a
     assert {"stored": ROWS - 1, "uncertain": 1} == result.counts
     (uncertain,) = [row for row in result.rows if row.state == "uncertain"]
     assert (1, uncertain.estimated_cost_usd) == (result.ambiguous_attempts, result.ambiguous_usd)
-    assert "1 ambiguous submits may have cost up to" in result.summary()
+    assert "1 ambiguous submit may have cost up to" in result.summary()
 
 
 async def test_a_batch_killed_mid_submit_adopts_the_row_when_run_again(

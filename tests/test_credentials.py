@@ -34,6 +34,7 @@ def test_form_labels_read_as_words() -> None:
         "timeout_seconds": "Timeout (seconds)",
         "max_retries": "Max retries",
         "webhook_secret": "Webhook secret",
+        "webhook_previous_secrets": "Previous webhook secrets",
     } == {name: field["title"] for name, field in properties.items()}
 
 

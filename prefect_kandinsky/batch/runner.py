@@ -390,10 +390,11 @@ class _Rows:
             )
         if record.state != "completed":
             async with self.in_flight.hold(reserved=False):
-                with self._phase("submitting"):
-                    record = await self._submit(row, record)
-                if record.state != "submitted":
-                    return record
+                if record.state != "submitted":  # an adopted job is submitted already
+                    with self._phase("submitting"):
+                        record = await self._submit(row, record)
+                    if record.state != "submitted":
+                        return record
                 with self._phase("rendering"):
                     record, status = await self._wait(record)
             if record.state != "completed":
