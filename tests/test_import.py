@@ -19,6 +19,10 @@ import pytest
 HEAVY_ON_IMPORT = ["prefect_aws", "boto3", "prefect.artifacts", "uvicorn", "av"]
 """Modules that ``import prefect_kandinsky`` must leave out of ``sys.modules``."""
 
+HEAVY_FOR_A_FLOW = ["prefect_aws", "boto3", "botocore", "aiobotocore", "uvicorn", "av"]
+"""Modules that a flow using the three tasks must not pay for: S3 loads with an ``S3Bucket``,
+uvicorn with a receiver, PyAV with a probe or a preview."""
+
 HEAVY_FOR_THE_PLUGIN = ["prefect_aws", "uvicorn", "starlette", "httpx", "av"]
 """Modules that importing the pytest plugin (done by every pytest session) must leave out."""
 
@@ -42,6 +46,33 @@ def test_import_loads_no_heavy_module() -> None:
         import json, sys
         import prefect_kandinsky
         print(json.dumps([m for m in {HEAVY_ON_IMPORT!r} if m in sys.modules]))
+        """
+    )
+    assert [] == loaded
+
+
+def test_the_three_tasks_load_no_s3_server_or_media_module() -> None:
+    """``from prefect_kandinsky import submit_video, await_video, persist_video`` loads no
+    prefect-aws, boto3, botocore, uvicorn or PyAV: a flow that writes to a local folder and
+    polls pays for none of them."""
+    loaded = _run(
+        f"""
+        import json, sys
+        from prefect_kandinsky import submit_video, await_video, persist_video
+        print(json.dumps([m for m in {HEAVY_FOR_A_FLOW!r} if m in sys.modules]))
+        """
+    )
+    assert [] == loaded
+
+
+def test_generate_video_loads_no_server_or_media_module() -> None:
+    """``from prefect_kandinsky import generate_video`` loads no uvicorn or PyAV (its
+    ``destination`` parameter offers an ``S3Bucket`` block in the UI, so it loads prefect-aws)."""
+    loaded = _run(
+        """
+        import json, sys
+        from prefect_kandinsky import generate_video
+        print(json.dumps([m for m in ("uvicorn", "av") if m in sys.modules]))
         """
     )
     assert [] == loaded
