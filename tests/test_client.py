@@ -85,19 +85,24 @@ async def test_submit_then_wait_reports_each_transition_once(
     client: KandinskyClient, kandinsky_emulator: Any
 ) -> None:
     """A job goes QUEUED, PROCESSING, COMPLETED; each change is reported exactly once."""
-    # Long enough for the first read to see each status even on a loaded machine.
-    kandinsky_emulator.configure(queue_seconds=0.5, processing_seconds=0.3)
+    # The job moves only when the client has seen where it is: no timing to miss on a busy
+    # machine (it stays PROCESSING until its MP4 is rendered, read after read).
+    kandinsky_emulator.configure(manual=True)
     job = await client.submit(tiny_request(kandinsky_emulator))
     assert JobStatus.QUEUED == job.status
     assert job.polling_url and job.polling_url.endswith(job.request_id)
     seen: list[JobStatus] = []
+    after = {JobStatus.QUEUED: "PROCESSING", JobStatus.PROCESSING: "COMPLETED"}
+
+    def changed(status: Any) -> None:
+        seen.append(status.status)
+        if status.status in after:
+            kandinsky_emulator.state.advance(job.request_id, after[status.status])
+
     real = KandinskyClient(api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url)
     async with real:
         final = await real.wait(
-            job.request_id,
-            poll_interval=0.01,
-            max_poll_interval=0.02,
-            on_change=lambda s: seen.append(s.status),
+            job.request_id, poll_interval=0.01, max_poll_interval=0.02, on_change=changed
         )
     assert [JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.COMPLETED] == seen
     assert JobStatus.COMPLETED == final.status

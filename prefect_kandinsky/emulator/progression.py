@@ -139,6 +139,26 @@ class JobProgression:
                 self._enter(job, target, now, error=message)
             return self._view(job)
 
+    def wait_for_jobs(self, count: int = 1, *, timeout: float = 10.0) -> list[JobView]:
+        """Block until at least ``count`` jobs were submitted; snapshots of every job.
+
+        Call it from a thread, not from an event loop that serves the emulator.
+
+        Raises:
+            TimeoutError: ``timeout`` (real seconds) passed first; the message has the count.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while len(self._jobs) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"{len(self._jobs)} of {count} job(s) submitted after {timeout}s"
+                    )
+                self._changed.wait(remaining)
+            self._tick_locked()
+            return [self._view(job) for job in self._jobs.values()]
+
     def wait_for_status(
         self,
         request_id: str,
