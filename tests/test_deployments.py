@@ -528,8 +528,8 @@ def test_a_batch_shared_by_two_workers_pays_each_row_once(
     """Two chunks of four rows on two process workers: each row paid once, within the limit.
 
     Which worker takes which chunk is the server's choice (one may take both, one after the
-    other): the test asserts what is guaranteed, that each chunk ran once, on one of the two
-    workers, and that both workers polled the pool.
+    other): the test asserts what is guaranteed, that each row was submitted once, that each
+    chunk completed after one of the two workers took it up, and that both polled the pool.
     """
     limit = f"kandinsky-submits-{uuid4().hex[:8]}"
     workers = {name: f"{name}-{uuid4().hex[:8]}" for name in ("worker-a", "worker-b")}
@@ -597,7 +597,9 @@ def test_a_batch_shared_by_two_workers_pays_each_row_once(
             ]
             polled = api.post(f"/work_pools/{WORK_POOL}/workers/filter", json={}).json()
         assert ["COMPLETED", "COMPLETED"] == [run["state"]["type"] for run in chunk_runs]
-        assert sorted(run["id"] for run in chunk_runs) == sorted(ran["worker-a"] + ran["worker-b"])
+        # A worker logs "submitting" before it claims the run: when both take up the same run,
+        # one is turned away, so a run may show in both logs; each must show in one at least.
+        assert {run["id"] for run in chunk_runs} <= {*ran["worker-a"], *ran["worker-b"]}, ran
         assert set(workers.values()) <= {worker["name"] for worker in polled}, polled
         passed = True
     finally:
@@ -690,10 +692,7 @@ def test_a_suspended_run_holds_nothing_until_its_video_is_done(
         ):
             processes.start(name, [*trigger, *_params(small, prompt=prompt, webhook_base_url=base)])
         run_id, lost_id = _started_run(processes, "run"), _started_run(processes, "lost")
-        submitted = _until(
-            "both videos are submitted", lambda: len(emulated.jobs()) == 2 and emulated.jobs()
-        )
-        for job in submitted:
+        for job in emulated.wait_for_jobs(2, timeout=RUN_TIMEOUT):
             emulated.advance(job.request_id, "PROCESSING")
 
         states = _until(
