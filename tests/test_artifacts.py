@@ -8,7 +8,6 @@ import html
 import io
 import re
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -70,12 +69,8 @@ def jpeg_size(encoded: str) -> tuple[int, int]:
 
 
 def first_job(state: Any) -> Any:
-    """The first job the emulator receives, waiting up to 10 s for it (call in a thread)."""
-    deadline = time.monotonic() + 10
-    while not (jobs := state.jobs()):
-        assert time.monotonic() < deadline, "no job was submitted"
-        time.sleep(0.01)
-    return jobs[0]
+    """The first job the emulator receives, waiting up to 60 s for it (call in a thread)."""
+    return state.wait_for_jobs(1, timeout=60)[0]
 
 
 def timeline_times(markdown: str) -> list[datetime]:

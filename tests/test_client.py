@@ -24,6 +24,7 @@ from prefect_kandinsky import (
     KandinskyBadRequestError,
     KandinskyClient,
     KandinskyConnectionError,
+    KandinskyError,
     KandinskyGenerationFailedError,
     KandinskyInsufficientBalanceError,
     KandinskyMediaError,
@@ -88,19 +89,24 @@ async def test_submit_then_wait_reports_each_transition_once(
     client: KandinskyClient, kandinsky_emulator: Any
 ) -> None:
     """A job goes QUEUED, PROCESSING, COMPLETED; each change is reported exactly once."""
-    # Long enough for the first read to see each status even on a loaded machine.
-    kandinsky_emulator.configure(queue_seconds=0.5, processing_seconds=0.3)
+    # The job moves only when the client has seen where it is: no timing to miss on a busy
+    # machine (it stays PROCESSING until its MP4 is rendered, read after read).
+    kandinsky_emulator.configure(manual=True)
     job = await client.submit(tiny_request(kandinsky_emulator))
     assert JobStatus.QUEUED == job.status
     assert job.polling_url and job.polling_url.endswith(job.request_id)
     seen: list[JobStatus] = []
+    after = {JobStatus.QUEUED: "PROCESSING", JobStatus.PROCESSING: "COMPLETED"}
+
+    def changed(status: Any) -> None:
+        seen.append(status.status)
+        if status.status in after:
+            kandinsky_emulator.state.advance(job.request_id, after[status.status])
+
     real = KandinskyClient(api_key=kandinsky_emulator.api_key, base_url=kandinsky_emulator.base_url)
     async with real:
         final = await real.wait(
-            job.request_id,
-            poll_interval=0.01,
-            max_poll_interval=0.02,
-            on_change=lambda s: seen.append(s.status),
+            job.request_id, poll_interval=0.01, max_poll_interval=0.02, on_change=changed
         )
     assert [JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.COMPLETED] == seen
     assert JobStatus.COMPLETED == final.status
@@ -207,6 +213,54 @@ async def test_status_reads_retry_on_5xx_and_dropped_connections(
     status = await client.get_status(job.request_id)
     assert job.request_id == status.request_id
     assert 3 == kandinsky_emulator.state.count("status")
+
+
+async def test_no_log_line_at_any_level_holds_the_key(
+    client: KandinskyClient, kandinsky_emulator: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run through 429s, 5xx and a dropped connection logs its retries, never the key."""
+    loggers = [logging.getLogger()] + [
+        logger
+        for logger in logging.root.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger) and not logger.propagate
+    ]
+    for logger in loggers[1:]:
+        logger.addHandler(caplog.handler)
+    caplog.set_level(logging.DEBUG)
+    state = kandinsky_emulator.state
+    state.inject_fault("submit", status_code=429, retry_after=1)
+    state.inject_fault("media", status_code=502)
+    try:
+        job = await client.submit(tiny_request(kandinsky_emulator))
+        for fault in ({"status_code": 503}, {"status_code": 429}, {"action": "drop"}):
+            state.inject_fault("status", **fault)
+            await client.get_status(job.request_id)
+        status = await client.wait(job.request_id, poll_interval=0.01, max_poll_interval=0.02)
+        async with client.open_media(status.media_urls[0]) as media:
+            assert b"ftyp" == b"".join([chunk async for chunk in media.chunks()])[4:8]
+        with pytest.raises(KandinskyAuthenticationError):
+            async with KandinskyClient(
+                api_key=kandinsky_emulator.api_key + "-wrong",
+                base_url=kandinsky_emulator.base_url,
+            ) as wrong:
+                await wrong.get_status(job.request_id)
+    finally:
+        for logger in loggers[1:]:
+            logger.removeHandler(caplog.handler)
+    retries = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("prefect_kandinsky") and "retry" in r.getMessage()
+    ]
+    assert 5 == len(retries), retries  # the run went through every retry path
+    key = kandinsky_emulator.api_key
+    leaked = [
+        record.getMessage()
+        for record in caplog.records
+        if key in record.getMessage() or key in repr(record.__dict__)
+    ]
+    assert [] == leaked
+    assert key not in caplog.text
 
 
 async def test_submit_is_never_resent_after_an_ambiguous_failure(
@@ -535,7 +589,9 @@ async def test_key_is_never_sent_to_another_host() -> None:
         request = client._http.build_request(
             "GET", "https://cdn.example/x", headers={"Ocp-Apim-Subscription-Key": "k"}
         )
-        with pytest.raises(Exception, match="Refusing to send the subscription key"):
+        with pytest.raises(
+            KandinskyError, match="Refusing to send the subscription key to cdn.example"
+        ):
             await client._http.send(request)
 
 

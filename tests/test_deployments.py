@@ -538,8 +538,14 @@ print("COUNTS", json.dumps(result.counts))
 def test_a_batch_shared_by_two_workers_pays_each_row_once(
     deployed: _Deployed, kandinsky_emulator: EmulatorServer, tmp_path: Path
 ) -> None:
-    """Two chunks of four rows on two process workers: each row paid once, within the limit."""
+    """Two chunks of four rows on two process workers: each row paid once, within the limit.
+
+    Which worker takes which chunk is the server's choice (one may take both, one after the
+    other): the test asserts what is guaranteed, that each row was submitted once, that each
+    chunk completed after one of the two workers took it up, and that both polled the pool.
+    """
     limit = f"kandinsky-submits-{uuid4().hex[:8]}"
+    workers = {name: f"{name}-{uuid4().hex[:8]}" for name in ("worker-a", "worker-b")}
     with httpx.Client(base_url=deployed.api_url, timeout=10) as api:
         created = api.post(
             "/v2/concurrency_limits/",
@@ -574,10 +580,10 @@ def test_a_batch_shared_by_two_workers_pays_each_row_once(
     processes = _Processes(tmp_path / "logs", deployed.env)
     passed = False
     try:
-        for worker in ("worker-a", "worker-b"):  # one run at a time each: they must share
+        for worker, name in workers.items():  # one run at a time each
             processes.start(
                 worker,
-                [PREFECT, "worker", "start", "--pool", WORK_POOL, "--limit", "1"],
+                [PREFECT, "worker", "start", "--pool", WORK_POOL, "--limit", "1", "--name", name],
             )
         processes.start("batch", [sys.executable, "-c", RUN_BATCH, json.dumps(options)])
         processes.wait_ok("batch", timeout=RUN_TIMEOUT)
@@ -589,10 +595,25 @@ def test_a_batch_shared_by_two_workers_pays_each_row_once(
         assert 1 <= kandinsky_emulator.state.max_submits_in_flight <= 2
         assert 8 == len(list((tmp_path / "videos").glob("*.mp4")))
         ran = {
-            worker: re.findall(r"flow run '[^']+'", processes.output(worker))
-            for worker in ("worker-a", "worker-b")
+            worker: re.findall(r"submitting flow run '([0-9a-f-]{36})'", processes.output(worker))
+            for worker in workers
         }
-        assert all(ran.values()), f"both workers ran chunks: {ran}"
+        with httpx.Client(base_url=deployed.api_url, timeout=10) as api:
+            chunks = api.get("/deployments/name/generate-videos-chunk/chunks").json()
+            chunk_runs = [
+                run
+                for run in api.post(
+                    "/flow_runs/filter",
+                    json={"deployments": {"id": {"any_": [chunks["id"]]}}, "limit": 200},
+                ).json()
+                if run["parameters"].get("batch_id") == options["batch_id"]
+            ]
+            polled = api.post(f"/work_pools/{WORK_POOL}/workers/filter", json={}).json()
+        assert ["COMPLETED", "COMPLETED"] == [run["state"]["type"] for run in chunk_runs]
+        # A worker logs "submitting" before it claims the run: when both take up the same run,
+        # one is turned away, so a run may show in both logs; each must show in one at least.
+        assert {run["id"] for run in chunk_runs} <= {*ran["worker-a"], *ran["worker-b"]}, ran
+        assert set(workers.values()) <= {worker["name"] for worker in polled}, polled
         passed = True
     finally:
         processes.stop_all()
@@ -638,9 +659,10 @@ def test_a_suspended_run_holds_nothing_until_its_video_is_done(
     ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
         str(tmp_path / "receiver.pem")
     )
-    kandinsky_emulator.configure(
-        webhook_ca_file=str(tmp_path / "ca.pem"), queue_seconds=0.2, processing_seconds=8.0
-    )
+    # Jobs move only when the test moves them: the videos render while the runs are suspended,
+    # for exactly as long as the test needs, and not a second longer.
+    kandinsky_emulator.configure(webhook_ca_file=str(tmp_path / "ca.pem"), manual=True)
+    emulated = kandinsky_emulator.state
     port = _free_port()
     receiver_url = f"https://127.0.0.1:{port}"
     videos = tmp_path / "videos"
@@ -683,6 +705,8 @@ def test_a_suspended_run_holds_nothing_until_its_video_is_done(
         ):
             processes.start(name, [*trigger, *_params(small, prompt=prompt, webhook_base_url=base)])
         run_id, lost_id = _started_run(processes, "run"), _started_run(processes, "lost")
+        for job in emulated.wait_for_jobs(2, timeout=RUN_TIMEOUT):
+            emulated.advance(job.request_id, "PROCESSING")
 
         states = _until(
             "both runs are suspended",
@@ -698,11 +722,13 @@ def test_a_suspended_run_holds_nothing_until_its_video_is_done(
         lost_job = by_prompt["The kite climbs over the dunes."]
 
         # The first run leaves PAUSED once its event came; the lost one's never comes.
+        emulated.advance(by_prompt["The hot-air balloon rises over the valley."], "COMPLETED")
         _until(
             "the completion event resumes the first run",
             lambda: _states(deployed, run_id)[0]["type"] != "PAUSED",
         )
-        kandinsky_emulator.state.wait_for_status(lost_job, timeout=60)
+        emulated.advance(lost_job, "COMPLETED")
+        emulated.wait_for_status(lost_job, timeout=60)
         assert "PAUSED" == _states(deployed, lost_id)[0]["type"], "no event came"
         processes.start(
             "sweep",

@@ -436,8 +436,7 @@ def test_media_fault_can_answer_403_like_an_expired_link(
     assert 403 == cdn.get(url).status_code
     assert 200 == cdn.get(url).status_code
 
-    emulator.state.configure(media_ttl_seconds=0)
-    time.sleep(0.01)
+    emulator.state.configure(media_ttl_seconds=0)  # completed before the reads above
     expired = cdn.get(url)
     assert 403 == expired.status_code
     assert "expired" in expired.json()["message"]
@@ -499,7 +498,7 @@ def test_stalled_media_sends_part_of_the_body_then_breaks_the_connection(
     then the answer is held and the connection drops."""
     url = _wait(gateway, _submit(gateway, emulator))["output"]["media_url"][0]
     size = len(cdn.get(url).content)
-    emulator.state.inject_fault("media", action="stall", truncate_bytes=1000, stall_seconds=0.4)
+    emulator.state.inject_fault("media", action="stall", truncate_bytes=1000, stall_seconds=1.0)
 
     received = bytearray()
     part_seconds = None
@@ -513,7 +512,7 @@ def test_stalled_media_sends_part_of_the_body_then_breaks_the_connection(
 
     assert 1000 == len(received)
     assert part_seconds is not None
-    assert part_seconds < 0.4 <= total_seconds
+    assert part_seconds < 1.0 <= total_seconds
     held = emulator.state.requests("media")[-1]
     assert (200, "stall") == (held.status_code, held.fault)
 
@@ -528,7 +527,7 @@ def test_reset_releases_a_stall_at_once(emulator: EmulatorServer, gateway: httpx
     emulator.reset()
     call.join()
 
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 10.0, "not the 30 s stall"
     assert isinstance(call.error, httpx.RemoteProtocolError)
 
 
@@ -549,7 +548,7 @@ def test_stopping_the_server_releases_a_stall() -> None:
         server.stop()
     call.join()
 
-    assert time.monotonic() - start < 1.5
+    assert time.monotonic() - start < 10.0, "not the 30 s stall"
     assert isinstance(call.error, httpx.RemoteProtocolError)
 
 
@@ -568,7 +567,7 @@ async def test_submit_latency_lets_concurrent_submits_overlap(emulator: Emulator
 
     assert [202] * 5 == [response.status_code for response in responses]
     assert (0, 5) == (emulator.state.submits_in_flight, emulator.state.max_submits_in_flight)
-    assert 0.3 <= elapsed < 1.2
+    assert 0.3 <= elapsed  # five at once is 0.3 s; that they overlapped, the count above says
 
 
 def test_sequential_submits_are_one_in_flight_at_a_time(
@@ -648,7 +647,7 @@ def test_closing_the_sync_transport_releases_a_stall() -> None:
     transport.close()
     call.join()
 
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 10.0, "not the 30 s stall"
     assert isinstance(call.error, httpx.RemoteProtocolError)
     client.close()
 
@@ -680,7 +679,9 @@ def test_terminal_webhook_posts_exactly_once(
     response = gateway.post(SUBMIT, json=_body(emulator), headers={"X-Webhook-URL": receiver.url})
     request_id = response.json()["request_id"]
     _until(lambda: receiver.statuses() == ["COMPLETED"])
-    time.sleep(0.2)  # no late extra callbacks
+    _until(lambda: 1 == len(emulator.state.webhook_deliveries))
+    emulator.state.tick()  # the clock moves on: a late extra callback would be queued now
+    assert 0 == emulator.state.pending_webhooks()
 
     assert ["COMPLETED"] == receiver.statuses()
     assert gateway.get(status_path(request_id)).json() == receiver.received[0]
@@ -835,7 +836,6 @@ def test_admin_routes_drive_a_manual_job(emulator: EmulatorServer, cdn: httpx.Cl
 
         submitted = admin.post(SUBMIT, json=_body(emulator), headers={KEY_HEADER: "emulator-key"})
         request_id = submitted.json()["request_id"]
-        time.sleep(0.1)
         assert "QUEUED" == admin.get(f"/_emulator/jobs/{request_id}").json()["status"]
 
         step = admin.post(f"/_emulator/jobs/{request_id}/advance", json={})

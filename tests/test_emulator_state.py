@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from decimal import Decimal
 from typing import Any
 
@@ -156,6 +157,27 @@ def test_request_id_is_the_model_id_and_a_time_ordered_uuid(state: EmulatorState
         rf"{DEFAULT_MODEL_ID}_[0-9a-f]{{8}}-[0-9a-f]{{4}}-7[0-9a-f]{{3}}-[89ab][0-9a-f]{{3}}-[0-9a-f]{{12}}",
         job.request_id,
     )
+
+
+def test_wait_for_jobs_returns_once_the_jobs_are_submitted(state: EmulatorState) -> None:
+    """A thread waiting for two jobs wakes on the second submit and sees both."""
+    seen: list[list[str]] = []
+    waiter = threading.Thread(target=lambda: seen.append(_ids(state.wait_for_jobs(2))))
+    waiter.start()
+    submitted = [state.submit(DEFAULT_MODEL_ID, _body()).request_id for _ in range(2)]
+    waiter.join(timeout=30)
+    assert [submitted] == seen
+
+
+def test_wait_for_jobs_says_how_many_came_when_it_times_out(state: EmulatorState) -> None:
+    """Waiting for a job that never comes raises TimeoutError with the count."""
+    state.submit(DEFAULT_MODEL_ID, _body())
+    with pytest.raises(TimeoutError, match=r"^1 of 2 job\(s\) submitted after 0.01s$"):
+        state.wait_for_jobs(2, timeout=0.01)
+
+
+def _ids(jobs: list[Any]) -> list[str]:
+    return [job.request_id for job in jobs]
 
 
 def test_manual_mode_moves_only_on_advance(clock: FakeClock) -> None:

@@ -18,6 +18,7 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.client.schemas.objects import Artifact
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.states import State
 
 from prefect_kandinsky import (
@@ -306,7 +307,7 @@ async def test_submits_take_a_slot_of_a_shared_rate_limit(
     name = f"kandinsky-submits-{uuid4().hex[:8]}"
     missing = await run(**params(kandinsky_emulator, tmp_path, credentials, rate_limit=name))
     assert missing.is_failed()
-    with pytest.raises(Exception, match=name):
+    with pytest.raises(ConcurrencySlotAcquisitionError, match=rf"\['{name}'\] must be created"):
         await missing.result()  # type: ignore[misc]
     assert 0 == kandinsky_emulator.state.count("submit")
 

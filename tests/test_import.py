@@ -3,7 +3,8 @@ discovery of the credentials block (the ``prefect.collections`` entry point and
 ``prefect block register -m prefect_kandinsky``) still works.
 
 Each check runs in a fresh interpreter, so what this test session has already imported
-cannot hide a regression.
+cannot hide a regression; the checks of what each import loads share one, importing the
+lightest first.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ import pytest
 
 HEAVY_ON_IMPORT = ["prefect_aws", "boto3", "prefect.artifacts", "uvicorn", "av"]
 """Modules that ``import prefect_kandinsky`` must leave out of ``sys.modules``."""
+
+HEAVY_FOR_A_FLOW = ["prefect_aws", "boto3", "botocore", "aiobotocore", "uvicorn", "av"]
+"""Modules that a flow using the three tasks must not pay for: S3 loads with an ``S3Bucket``,
+uvicorn with a receiver, PyAV with a probe or a preview."""
 
 HEAVY_FOR_THE_PLUGIN = ["prefect_aws", "uvicorn", "starlette", "httpx", "av"]
 """Modules that importing the pytest plugin (done by every pytest session) must leave out."""
@@ -35,28 +40,58 @@ def _run(code: str) -> Any:
     return json.loads(result.stdout.splitlines()[-1])
 
 
-def test_import_loads_no_heavy_module() -> None:
-    """``import prefect_kandinsky`` loads no prefect-aws, boto3, artifacts, uvicorn or PyAV."""
-    loaded = _run(
-        f"""
-        import json, sys
-        import prefect_kandinsky
-        print(json.dumps([m for m in {HEAVY_ON_IMPORT!r} if m in sys.modules]))
-        """
-    )
-    assert [] == loaded
+STEPS = {
+    "plugin": "import prefect_kandinsky.emulator.pytest_plugin",
+    "package": "import prefect_kandinsky",
+    "tasks": "from prefect_kandinsky import submit_video, await_video, persist_video",
+    "generate_video": "from prefect_kandinsky import generate_video",
+}
+"""Imports made one after the other in one fresh interpreter, lightest first: each step's
+modules are what it loaded on top of the steps before, which the tests assert load nothing
+heavy themselves."""
 
 
-def test_pytest_plugin_loads_no_server_or_media_module() -> None:
+@pytest.fixture(scope="module")
+def loaded_after() -> dict[str, list[str]]:
+    """The heavy modules in ``sys.modules`` after each of ``STEPS``, in one fresh interpreter."""
+    watched = sorted({*HEAVY_ON_IMPORT, *HEAVY_FOR_A_FLOW, *HEAVY_FOR_THE_PLUGIN})
+    lines = ["import json, sys", "loaded = {}"]
+    for step, statement in STEPS.items():
+        lines += [statement, f"loaded[{step!r}] = [m for m in {watched!r} if m in sys.modules]"]
+    lines.append("print(json.dumps(loaded))")
+    found: dict[str, list[str]] = _run("\n".join(lines))
+    return found
+
+
+def _among(loaded: list[str], names: list[str]) -> list[str]:
+    return [name for name in names if name in loaded]
+
+
+def test_pytest_plugin_loads_no_server_or_media_module(loaded_after: dict[str, list[str]]) -> None:
     """Importing the pytest plugin loads no prefect-aws, uvicorn, starlette, httpx or PyAV."""
-    loaded = _run(
-        f"""
-        import json, sys
-        import prefect_kandinsky.emulator.pytest_plugin
-        print(json.dumps([m for m in {HEAVY_FOR_THE_PLUGIN!r} if m in sys.modules]))
-        """
-    )
-    assert [] == loaded
+    assert [] == _among(loaded_after["plugin"], HEAVY_FOR_THE_PLUGIN)
+
+
+def test_import_loads_no_heavy_module(loaded_after: dict[str, list[str]]) -> None:
+    """``import prefect_kandinsky`` loads no prefect-aws, boto3, artifacts, uvicorn or PyAV."""
+    assert [] == _among(loaded_after["package"], HEAVY_ON_IMPORT)
+
+
+def test_the_three_tasks_load_no_s3_server_or_media_module(
+    loaded_after: dict[str, list[str]],
+) -> None:
+    """``from prefect_kandinsky import submit_video, await_video, persist_video`` loads no
+    prefect-aws, boto3, botocore, uvicorn or PyAV: a flow that writes to a local folder and
+    polls pays for none of them."""
+    assert [] == _among(loaded_after["tasks"], HEAVY_FOR_A_FLOW)
+
+
+def test_generate_video_loads_no_server_or_media_module(
+    loaded_after: dict[str, list[str]],
+) -> None:
+    """``from prefect_kandinsky import generate_video`` loads no uvicorn or PyAV (its
+    ``destination`` parameter offers an ``S3Bucket`` block in the UI, so it loads prefect-aws)."""
+    assert [] == _among(loaded_after["generate_video"], ["uvicorn", "av"])
 
 
 @pytest.mark.parametrize("module", ["prefect_kandinsky", "prefect_kandinsky.emulator"])

@@ -7,6 +7,7 @@ import hashlib
 import os
 import sys
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ class MediaServer:
     routes: dict[str, _Route] = field(default_factory=dict)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stalled: threading.Event = field(default_factory=threading.Event)
+    """Set once a ``stall`` route has sent the first half of its body and waits."""
     release: threading.Event = field(default_factory=threading.Event)
 
     def add(
@@ -75,6 +78,7 @@ class MediaServer:
         self.routes.clear()
         self.requests.clear()
         self.release = threading.Event()
+        self.stalled = threading.Event()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -119,6 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body[: size // 2])
             self.wfile.flush()
             if route.fault == "stall":
+                media.stalled.set()
                 media.release.wait(10)
             self.close_connection = True
             return
@@ -470,11 +475,11 @@ async def test_cancel_removes_the_temporary_file(
     """Cancelling mid-download leaves neither a temporary nor a final file."""
     url = media.add("/v/slow.mp4", sample_mp4, fault="stall")
     task = asyncio.ensure_future(persist_media(client, completed(url), tmp_path, chunk_size=256))
-    for _ in range(500):
-        if leftovers(tmp_path):
-            break
+    assert await asyncio.to_thread(media.stalled.wait, 30), "the CDN never sent the first half"
+    deadline = time.monotonic() + 30
+    while not leftovers(tmp_path):  # the client has the headers and now writes the first half
+        assert time.monotonic() < deadline, "no temporary file was opened"
         await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)  # the first half is in; the CDN now stalls
     assert 1 == len(leftovers(tmp_path))
     assert not task.done()
 

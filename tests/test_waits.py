@@ -80,7 +80,8 @@ async def test_the_completion_event_ends_the_wait(
     )
     elapsed = time.monotonic() - started
     assert Path(video.uri).is_file()
-    assert elapsed < 3.0 + 4.0, f"woken by the event, not the 60 s safety read ({elapsed:.1f}s)"
+    # Half the 60 s safety read: room for a loaded machine, and still not the safety read.
+    assert elapsed < 30.0, f"woken by the event, not the 60 s safety read ({elapsed:.1f}s)"
     (job,) = kandinsky_emulator.state.jobs()
     assert receiver.url in str(job.webhook_url)
     reads = kandinsky_emulator.state.count("status", request_id=job.request_id)
@@ -182,6 +183,6 @@ async def test_a_batch_waits_on_one_event_stream(
     )
     elapsed = time.monotonic() - started
     assert {"stored": 4} == result.counts
-    assert elapsed < 3.0 + 5.0, f"woken by the events, not the safety reads ({elapsed:.1f}s)"
+    assert elapsed < 30.0, f"woken by the events, not the 60 s safety reads ({elapsed:.1f}s)"
     for job in kandinsky_emulator.state.jobs():
         assert kandinsky_emulator.state.count("status", request_id=job.request_id) <= 3

@@ -659,14 +659,14 @@ class SlowTransport(httpx.AsyncBaseTransport):
 async def test_answer_does_not_wait_for_a_slow_confirmation(
     emulator: EmulatorServer, tls: TLS
 ) -> None:
-    """With a status read that takes 1 s, the callback is still answered 202 at once."""
+    """With a status read that takes 2 s, the callback is answered 202 before it ends."""
     slow_sink = EventSink()
     request_id = await completed_job(emulator)
     with WebhookServer(
         receiver_credentials(emulator),
         certfile=tls.server_pem,
         emit=slow_sink,
-        client_transport=SlowTransport(1.0),
+        client_transport=SlowTransport(2.0),
     ) as server:
         # A client of its own, closed before the server stops: the server's TLS shutdown
         # waits for the client's answer, which a loop blocked in stop() could not give.
@@ -681,9 +681,8 @@ async def test_answer_does_not_wait_for_a_slow_confirmation(
         confirmed = time.monotonic() - started
 
     assert 202 == response.status_code
-    assert answered < 0.5, answered
     assert [] == emitted_at_answer
-    assert confirmed >= 1.0, confirmed
+    assert answered < 2.0 <= confirmed, (answered, confirmed)
 
 
 async def test_failed_and_error_map_to_their_events_with_the_gateways_error(

@@ -40,12 +40,11 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect.concurrency.asyncio import rate_limit as acquire_rate_limit
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run as runtime_flow_run
-from prefect_aws import S3Bucket
 from pydantic import BaseModel, Field
 
 from prefect_kandinsky.batch.artifacts import BatchProgress
@@ -90,6 +89,9 @@ from prefect_kandinsky.media.images import check_images, redact_url
 from prefect_kandinsky.media.storage import Destination, output_filename, persist_media
 from prefect_kandinsky.media.uploads import prepare_images
 from prefect_kandinsky.progress import StatusRead, report
+
+if TYPE_CHECKING:
+    from prefect_aws import S3Bucket
 
 DEFAULT_MAX_CONCURRENCY = 16
 """Renders in flight at once per flow run: submitted and not yet finished."""

@@ -14,10 +14,10 @@ import asyncio
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from prefect.filesystems import LocalFileSystem, WritableFileSystem
-from prefect_aws import S3Bucket
 
 from prefect_kandinsky.batch.manifests import BatchRow
 from prefect_kandinsky.batch.problems import RowProblem
@@ -25,8 +25,12 @@ from prefect_kandinsky.media.storage import (
     Destination,
     call_block,
     is_missing_file,
+    is_s3_bucket,
     is_video_file,
 )
+
+if TYPE_CHECKING:
+    from prefect_aws import S3Bucket
 
 LOOKUP_CONCURRENCY = 16
 """Targets looked up at once."""
@@ -83,7 +87,7 @@ async def target_problems(
 
 async def existing(destination: Destination, target: str) -> str | None:
     """Where ``target`` is if a file is there already (for people), else None."""
-    if isinstance(destination, S3Bucket):
+    if is_s3_bucket(destination):
         return await anyio.to_thread.run_sync(_s3_existing, destination, target)
     if type(destination) is LocalFileSystem:
         return await anyio.to_thread.run_sync(_local_existing, destination.basepath, target)

@@ -4,9 +4,13 @@ It speaks the documented contract over real HTTP (paths, headers, status codes, 
 webhooks, a wallet), renders real H.264 MP4s from the input image, injects faults on request,
 and ships pytest fixtures (``kandinsky_emulator``; see ``pytest_plugin``).
 
-Layout, like moto: ``state`` is the pure state machine, ``app`` the thin HTTP layer (a gateway
-app and a CDN app on separate origins), ``render`` the MP4 maker, ``server`` the runners (a
-threaded uvicorn server and in-process httpx transports).
+Layout, like moto: ``state`` is the pure state machine (no HTTP), a facade over its parts:
+``config`` (settings and constants), ``errors`` (the gateway's error answers), ``faults``
+(faults and outcomes planned by tests), ``jobs`` (a job's record, the clock, request ids),
+``progression`` (how jobs move), ``records`` (snapshots and logs) and ``wallet`` (balance and
+ledger). ``app`` is the thin HTTP
+layer (a gateway app and a CDN app on separate origins), ``render`` the MP4 maker, ``server``
+the runners (a threaded uvicorn server and in-process httpx transports).
 
 Three ways to use it:
 

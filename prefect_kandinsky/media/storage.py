@@ -38,6 +38,7 @@ import re
 import secrets
 import shutil
 import stat
+import sys
 import tempfile
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing, suppress
@@ -45,12 +46,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, TypeAlias, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, TypeAlias, TypeGuard, TypeVar, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import anyio
 from prefect.filesystems import LocalFileSystem, WritableFileSystem
-from prefect_aws import S3Bucket
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_kandinsky.gateway.client import KandinskyClient, MediaStream
@@ -64,18 +64,33 @@ from prefect_kandinsky.gateway.exceptions import KandinskyMediaError
 from prefect_kandinsky.gateway.models import CompletedVideo, EmbeddedPreview, PersistedVideo
 from prefect_kandinsky.media.images import IMAGE_SNIFF_BYTES, sniff_image_kind
 
+if TYPE_CHECKING:
+    from prefect_aws import S3Bucket
+
 __all__ = [
     "Destination",
     "VideoFacts",
     "destination_key",
+    "is_s3_bucket",
     "output_filename",
     "persist_media",
     "probe_video",
 ]
 
-Destination: TypeAlias = str | os.PathLike[str] | S3Bucket | WritableFileSystem
-"""Where a video goes: a local directory or file path, an ``S3Bucket``, or any
-``WritableFileSystem`` block."""
+Destination: TypeAlias = str | os.PathLike[str] | WritableFileSystem
+"""Where a video goes: a local directory or file path, an ``S3Bucket`` (a
+``WritableFileSystem``), or any other ``WritableFileSystem`` block."""
+
+
+def is_s3_bucket(value: object) -> TypeGuard[S3Bucket]:
+    """Whether ``value`` is a prefect-aws ``S3Bucket``, without importing prefect-aws.
+
+    Nothing can be an ``S3Bucket`` before prefect-aws is imported, so a flow that writes to a
+    local path never pays for prefect-aws, boto3 and its ECS worker.
+    """
+    s3 = sys.modules.get("prefect_aws.s3")
+    return s3 is not None and isinstance(value, s3.S3Bucket)
+
 
 MAX_PRESIGN_EXPIRES_SECONDS = 7 * 24 * 3600
 """The longest lifetime S3 (SigV4) allows a presigned URL."""
@@ -176,7 +191,7 @@ def destination_key(destination: Destination) -> str:
     ``?endpoint=...`` for a non-AWS endpoint), ``block:<block type slug>:<base path>`` for
     other blocks. Credentials, URL user info and query strings are left out.
     """
-    if isinstance(destination, S3Bucket):
+    if is_s3_bucket(destination):
         folder = destination.bucket_folder.strip("/")
         key = f"s3://{destination.bucket_name}" + (f"/{folder}" if folder else "")
         endpoint = destination.credentials.aws_client_parameters.endpoint_url
@@ -283,7 +298,7 @@ def _plan_local(destination: Destination, filename: str | None) -> _LocalPlan | 
     if type(destination) is LocalFileSystem:
         slug = LocalFileSystem.get_block_type_slug()
         return _LocalPlan(_block_base(destination), None, f"block:{slug}:")
-    if isinstance(destination, (S3Bucket, WritableFileSystem)):
+    if isinstance(destination, WritableFileSystem):
         return None
     path = _local_path(destination)
     trailing_sep = os.fspath(destination).endswith(("/", os.sep))
@@ -414,7 +429,7 @@ async def persist_media(
             where = uri = plan.uri_prefix + str(target)
             reused = await _run(_place_file, temp, target, sha256, overwrite, request_id)
             public_url: str | None = None
-        elif isinstance(destination, S3Bucket):
+        elif is_s3_bucket(destination):
             key = "/".join(part for part in (destination.bucket_folder.strip("/"), name) if part)
             where = uri = f"s3://{destination.bucket_name}/{key}"
             reused, public_url = await _run(
