@@ -95,7 +95,7 @@ BATCH = """
 import asyncio, json, sys, time
 from prefect_kandinsky.batch import generate_videos
 
-options = json.loads(sys.argv[1])
+options = json.loads(open(sys.argv[1]).read())
 started = time.monotonic()
 result = asyncio.run(generate_videos(options.pop("rows"), **options))
 print("WALL", time.monotonic() - started)
@@ -138,6 +138,12 @@ class Stack:
 
     def log(self, name: str) -> Path:
         return self.workdir / f"{name}.log"
+
+    def file(self, name: str, options: dict[str, Any]) -> str:
+        """Write a batch's options (2,000 rows are too long for one argument)."""
+        path = self.workdir / f"{name}.json"
+        path.write_text(json.dumps(options))
+        return str(path)
 
     def start(self, name: str, args: list[str], **env: str) -> subprocess.Popen[bytes]:
         with self.log(name).open("ab") as out:
@@ -424,7 +430,7 @@ def run_chunked(stack: Stack, services: Services, args: argparse.Namespace) -> R
         chunk_lease_seconds=args.chunk_lease_seconds,
     )
     before, server_before, started = busy_cpu(), _server_cpu(services), time.monotonic()
-    batch = stack.start("batch-chunked", [PYTHON, "-c", BATCH, json.dumps(options)])
+    batch = stack.start("batch-chunked", [PYTHON, "-c", BATCH, stack.file("chunked", options)])
     pending = list(KILL_AT)
     victims = ["worker-a", "worker-b"]
     while True:
@@ -466,7 +472,7 @@ def run_one_process(stack: Stack, services: Services, args: argparse.Namespace) 
         max_concurrency=in_flight,
     )
     before, server_before, started = busy_cpu(), _server_cpu(services), time.monotonic()
-    batch = stack.start("batch-one", [PYTHON, "-c", BATCH, json.dumps(options)])
+    batch = stack.start("batch-one", [PYTHON, "-c", BATCH, stack.file("one", options)])
     _, _, usage = os.wait4(batch.pid, 0)
     wall = time.monotonic() - started
     return RunResult(
