@@ -140,6 +140,8 @@ class _Chunk:
     label: str
     rows: Sequence[PreparedRow]
     lease: BatchLease
+    lease_seen: set[str] = field(default_factory=set)
+    """The child runs seen holding the chunk's lease."""
 
     async def outcome(self, client: Any, child_id: Any, lease_seconds: float) -> str | None:
         """How the child run ended: its final state's name, ``lost`` if its process is gone
@@ -154,8 +156,12 @@ class _Chunk:
         held = await self.lease.read()
         now = datetime.now(timezone.utc)
         if held is not None and held.run_id == str(child_id):
+            self.lease_seen.add(str(child_id))
             return "lost" if held.expired(now) else None
+        if str(child_id) in self.lease_seen:
+            return None  # it gave its lease back: finishing
         started = child.start_time or now
+        # Running without ever taking its lease: its process died before it could.
         return "lost" if (now - started).total_seconds() > lease_seconds * 2 else None
 
 
@@ -173,6 +179,7 @@ async def _run_chunk(
     one submitted (the ledger) and never pays for a row twice.
     """
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
     from prefect.deployments.flow_runs import arun_deployment
     from prefect.states import Crashed
 
@@ -201,7 +208,14 @@ async def _run_chunk(
                 f"Chunk {chunk.label} lost its process (attempt {attempt} of {attempts}, "
                 f"flow run {child.id}): its worker or flow-run process died"
             )
-            await client.set_flow_run_state(child.id, Crashed(message=message), force=True)
+            # Not forced: a child that finished in between keeps its final state.
+            answer: OrchestrationResult[Any] = await client.set_flow_run_state(
+                child.id, Crashed(message=message)
+            )
+            if answer.status != SetStateStatus.ACCEPT:
+                state = (await client.read_flow_run(child.id)).state
+                if state is not None and state.is_final() and not state.is_crashed():
+                    return str(state.name)
         logger.warning(
             "%s; %s",
             message,
