@@ -357,3 +357,9 @@ async def test_a_lease_is_taken_once_and_taken_over_only_once_expired(
     await first.release()
     again = BatchLease(ledger, holder="run E", seconds=60)
     await again.acquire()
+
+
+async def test_a_ledger_in_an_s3_bucket_reads_rows_it_has_not_seen_as_new(s3_bucket: Any) -> None:
+    """A row without a record in an S3 ledger (moto answers 404 to its HEAD) reads as new."""
+    ledger = Ledger(s3_bucket, "catalogue-2026-11")
+    assert {} == await ledger.read_all(["catalogue-2026-11:row-1", "catalogue-2026-11:row-2"])

@@ -621,6 +621,97 @@ def test_a_batch_shared_by_two_workers_pays_each_row_once(
             processes.dump()
 
 
+def _ledger_records(folder: Path) -> dict[str, dict[str, Any]]:
+    """The rows' ledger records under ``folder``, by row id (leases left out)."""
+    records: dict[str, dict[str, Any]] = {}
+    for path in folder.rglob("*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(path.read_text())
+            if "row_id" in data:
+                records[data["row_id"]] = data
+    return records
+
+
+def _chunk_working(ledger: Path, label: str, row_ids: list[str]) -> dict[str, Any] | None:
+    """The lease of chunk ``label`` once all its rows are submitted (rendering), else None."""
+    leases = list(ledger.rglob(f"chunk-{label}.lease.json"))
+    records = _ledger_records(ledger)
+    if not leases or any(records.get(i, {}).get("state") != "submitted" for i in row_ids):
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        lease: dict[str, Any] = json.loads(leases[0].read_text())
+        return lease
+    return None
+
+
+@pytest.mark.e2e
+def test_a_chunk_killed_with_its_worker_is_finished_by_the_other_without_paying_twice(
+    deployed: _Deployed, kandinsky_emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """SIGKILL of a worker and its chunk mid-render: another worker finishes it, one submit
+    per row, and the batch's run ends Completed."""
+    kandinsky_emulator.configure(processing_seconds=2.0)
+    rows = [
+        {
+            "id": f"row-{n}",
+            "prompt": f"Scene {n}: the tide goes out.",
+            "image": kandinsky_emulator.sample_image_url,
+            "resolution": "256P",
+            "duration": "1s",
+        }
+        for n in range(1, 7)
+    ]
+    ledger = tmp_path / "ledger"
+    options = {
+        "rows": rows,
+        "batch_id": f"e2e-{uuid4().hex[:8]}",
+        "credentials": CREDENTIALS_BLOCK,
+        "destination": str(tmp_path / "videos"),
+        "ledger": str(ledger),
+        "chunk_size": 3,
+        "chunk_deployment": "generate-videos-chunk/chunks",
+        "chunk_lease_seconds": 6,
+        "max_concurrency": 3,
+        "poll_interval_seconds": 0.05,
+        "max_poll_interval_seconds": 0.2,
+    }
+    processes = _Processes(tmp_path / "logs", deployed.env)
+    passed = False
+    try:
+        workers = {
+            name: processes.start(
+                name, [PREFECT, "worker", "start", "--pool", WORK_POOL, "--limit", "1"]
+            )
+            for name in ("worker-a", "worker-b")
+        }
+        processes.start("batch", [sys.executable, "-c", RUN_BATCH, json.dumps(options)])
+        lease = _until(
+            "chunk 1 renders its rows",
+            lambda: _chunk_working(ledger, "1-of-2", ["row-1", "row-2", "row-3"]),
+        )
+        chunk_pid = int(lease["pid"])
+        victim = next(n for n, w in workers.items() if chunk_pid in _descendants(w.pid))
+        for pid in (workers[victim].pid, *_descendants(workers[victim].pid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        workers[victim].wait(timeout=10)
+        processes.wait_ok("batch", timeout=RUN_TIMEOUT)
+
+        assert 'COUNTS {"stored": 6}' in processes.output("batch")
+        assert 6 == kandinsky_emulator.state.count("submit"), "one submit per row"
+        prompts = sorted(job.prompt for job in kandinsky_emulator.state.jobs())
+        assert sorted(row["prompt"] for row in rows) == prompts, "each row submitted once"
+        assert 6 == len(list((tmp_path / "videos").glob("*.mp4")))
+        assert "Chunk 1-of-2 lost its process (attempt 1 of 3" in processes.output("batch")
+        survivor = next(n for n in workers if n != victim)
+        assert "generate-videos-chunk-1-of-2" in processes.output(survivor)
+        passed = True
+    finally:
+        processes.stop_all()
+        if not passed:
+            processes.dump()
+
+
 def _flow_run_state(api_url: str, flow_run_id: str) -> dict[str, Any]:
     with httpx.Client(base_url=api_url, timeout=10) as api:
         state: dict[str, Any] = api.get(f"/flow_runs/{flow_run_id}").json()["state"]

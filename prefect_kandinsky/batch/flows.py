@@ -20,6 +20,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -32,7 +33,7 @@ from prefect_aws import S3Bucket
 from pydantic import Field
 
 from prefect_kandinsky.batch.artifacts import BatchProgress, publish_batch_artifacts
-from prefect_kandinsky.batch.lease import BatchLease
+from prefect_kandinsky.batch.lease import DEFAULT_LEASE_SECONDS, BatchLease
 from prefect_kandinsky.batch.ledger import Ledger, RowRecord, summarize
 from prefect_kandinsky.batch.manifests import (
     BatchRow,
@@ -73,6 +74,9 @@ from prefect_kandinsky.gateway.prices import CostEstimate, check_budget, estimat
 from prefect_kandinsky.media.storage import Destination
 from prefect_kandinsky.media.uploads import presign_lifetime
 from prefect_kandinsky.progress import report
+
+DEFAULT_CHUNK_ATTEMPTS = 3
+"""Child runs a chunk of a fanned-out batch may take before its rows are given up."""
 
 # -- the flows ----------------------------------------------------------------------------------
 
@@ -124,42 +128,135 @@ def _block_reference(value: object, what: str) -> str | None:
     )
 
 
+def chunk_lease_name(label: str) -> str:
+    """The file name of one chunk's lease in the batch's ledger folder."""
+    return f"chunk-{label}.lease.json"
+
+
+@dataclass
+class _Chunk:
+    """One chunk of a fanned-out batch, run (and re-run once lost) as child flow runs."""
+
+    label: str
+    rows: Sequence[PreparedRow]
+    lease: BatchLease
+    lease_seen: set[str] = field(default_factory=set)
+    """The child runs seen holding the chunk's lease."""
+
+    async def outcome(self, client: Any, child_id: Any, lease_seconds: float) -> str | None:
+        """How the child run ended: its final state's name, ``lost`` if its process is gone
+        (Crashed, or its lease expired while Prefect still says Running), None while it works.
+        """
+        child = await client.read_flow_run(child_id)
+        state = child.state
+        if state is not None and state.is_final():
+            return "lost" if state.is_crashed() else state.name
+        if state is None or not state.is_running():
+            return None  # scheduled or pending: no worker has it yet
+        held = await self.lease.read()
+        now = datetime.now(timezone.utc)
+        if held is not None and held.run_id == str(child_id):
+            self.lease_seen.add(str(child_id))
+            return "lost" if held.expired(now) else None
+        if str(child_id) in self.lease_seen:
+            return None  # it gave its lease back: finishing
+        started = child.start_time or now
+        # Running without ever taking its lease: its process died before it could.
+        return "lost" if (now - started).total_seconds() > lease_seconds * 2 else None
+
+
+async def _run_chunk(
+    chunk: _Chunk,
+    *,
+    deployment: str,
+    parameters: dict[str, Any],
+    attempts: int,
+    lease_seconds: float,
+    poll_seconds: float,
+) -> str:
+    """Run one chunk until a child run of it ends; a lost child is marked Crashed and its
+    rows run again in a new child (up to ``attempts`` children), which resumes what the lost
+    one submitted (the ledger) and never pays for a row twice.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
+    from prefect.deployments.flow_runs import arun_deployment
+    from prefect.states import Crashed
+
+    logger = get_run_logger()
+    ended = "lost"
+    for attempt in range(1, attempts + 1):
+        # A retried parent finds its children instead of starting the chunks again.
+        suffix = "" if attempt == 1 else f":attempt-{attempt}"
+        child = await arun_deployment(
+            deployment,
+            parameters={**parameters, "rows": [r.model_dump(mode="json") for r in chunk.rows]},
+            timeout=0,
+            as_subflow=True,
+            idempotency_key=f"{runtime_flow_run.id}:{chunk.label}{suffix}",
+        )
+        async with get_client() as client:
+            while True:
+                seen = await chunk.outcome(client, child.id, lease_seconds)
+                if seen is not None:
+                    break
+                await asyncio.sleep(poll_seconds)
+            ended = seen
+            if ended != "lost":
+                return ended
+            message = (
+                f"Chunk {chunk.label} lost its process (attempt {attempt} of {attempts}, "
+                f"flow run {child.id}): its worker or flow-run process died"
+            )
+            # Not forced: a child that finished in between keeps its final state.
+            answer: OrchestrationResult[Any] = await client.set_flow_run_state(
+                child.id, Crashed(message=message)
+            )
+            if answer.status != SetStateStatus.ACCEPT:
+                state = (await client.read_flow_run(child.id)).state
+                if state is not None and state.is_final() and not state.is_crashed():
+                    return str(state.name)
+        logger.warning(
+            "%s; %s",
+            message,
+            "running its rows again in a new child run (rows already submitted are resumed, "
+            "not paid again)"
+            if attempt < attempts
+            else "giving up on it: its unfinished rows are reported as not stored",
+        )
+    return ended
+
+
 async def _fan_out(
     rows: Sequence[PreparedRow],
+    book: Ledger,
     *,
     deployment: str,
     chunk_size: int,
     parameters: dict[str, Any],
     progress: BatchProgress,
+    attempts: int,
+    lease_seconds: float,
 ) -> None:
     """Run the rows as child flow runs of ``deployment``, ``chunk_size`` rows each."""
-    from prefect.deployments.flow_runs import arun_deployment
-
-    chunks = [rows[i : i + chunk_size] for i in range(0, len(rows), chunk_size)]
+    batches = [rows[i : i + chunk_size] for i in range(0, len(rows), chunk_size)]
     logger = get_run_logger()
 
-    async def one(index: int, chunk: Sequence[PreparedRow]) -> None:
-        label = f"{index + 1}-of-{len(chunks)}"
-        child = await arun_deployment(
-            deployment,
-            parameters={
-                **parameters,
-                "rows": [row.model_dump(mode="json") for row in chunk],
-                "label": label,
-            },
-            timeout=None,
-            poll_interval=2,
-            as_subflow=True,
-            # A retried parent finds its children instead of starting the chunks again.
-            idempotency_key=f"{runtime_flow_run.id}:{label}",
+    async def one(index: int, chunk_rows: Sequence[PreparedRow]) -> None:
+        label = f"{index + 1}-of-{len(batches)}"
+        chunk = _Chunk(label, chunk_rows, BatchLease(book, name=chunk_lease_name(label)))
+        ended = await _run_chunk(
+            chunk,
+            deployment=deployment,
+            parameters={**parameters, "label": label, "lease_seconds": lease_seconds},
+            attempts=attempts,
+            lease_seconds=lease_seconds,
+            poll_seconds=min(2.0, lease_seconds / 4),
         )
-        state = child.state
-        logger.info(
-            "Chunk %s (%d rows) ended %s", label, len(chunk), state.name if state else "unknown"
-        )
-        await progress.rows_done(len(chunk))
+        logger.info("Chunk %s (%d rows) ended %s", label, len(chunk_rows), ended)
+        await progress.rows_done(len(chunk_rows))
 
-    await asyncio.gather(*(one(index, chunk) for index, chunk in enumerate(chunks)))
+    await asyncio.gather(*(one(index, chunk) for index, chunk in enumerate(batches)))
 
 
 @flow(name="generate-videos-chunk", flow_run_name="generate-videos-chunk-{label}")
@@ -171,6 +268,7 @@ async def generate_videos_chunk(
     ledger: str | None = None,
     label: str = "1-of-1",
     settings: RowSettings | None = None,
+    lease_seconds: Annotated[float, Field(gt=0)] = DEFAULT_LEASE_SECONDS,
 ) -> dict[str, int]:
     """Work one chunk of a batch that ``generate_videos`` split over a deployment.
 
@@ -178,21 +276,35 @@ async def generate_videos_chunk(
     submits, waits and stores them, writing the shared ledger, and returns the count of rows
     per state. Deploy it (see ``deployments/prefect.yaml``) and name the deployment in
     ``generate_videos(chunk_deployment=...)``.
+
+    It holds the chunk's lease (``chunk-<label>.lease.json`` in the ledger's folder, renewed
+    every third of ``lease_seconds``) while it works: the parent run reads it to tell a
+    killed chunk from a working one, and a new run of the chunk takes it over once its
+    holder is gone, so that two runs never work the same rows at once.
     """
     book = await Ledger.open(await _load_ledger_location(ledger), batch_id)
-    known = await book.read_all(row.key for row in rows)
-    progress = BatchProgress(len(rows), title=f"Chunk {label} of {batch_id}")
-    await progress.start(sum(1 for record in known.values() if record.done))
-    records = await run_rows(
-        rows,
-        known,
-        credentials=await load_credentials(credentials),
-        destination=await load_destination(destination),
-        ledger=book,
-        settings=settings or RowSettings(),
-        progress=progress,
+    lease = BatchLease(
+        book,
+        name=chunk_lease_name(label),
+        seconds=lease_seconds,
+        wait_seconds=lease_seconds * 2,
+        logger=get_run_logger(),
     )
-    await progress.finish()
+    async with lease:
+        known = await book.read_all(row.key for row in rows)
+        progress = BatchProgress(len(rows), title=f"Chunk {label} of {batch_id}")
+        await progress.start(sum(1 for record in known.values() if record.done))
+        records = await run_rows(
+            rows,
+            known,
+            credentials=await load_credentials(credentials),
+            destination=await load_destination(destination),
+            ledger=book,
+            settings=settings or RowSettings(),
+            progress=progress,
+            lease=lease,
+        )
+        await progress.finish()
     return summarize(records)
 
 
@@ -215,6 +327,8 @@ async def generate_videos(
     chunk_size: Annotated[int, Field(ge=1)] = DEFAULT_CHUNK_SIZE,
     chunk_deployment: str | None = None,
     ledger: str | None = None,
+    chunk_attempts: Annotated[int, Field(ge=1)] = DEFAULT_CHUNK_ATTEMPTS,
+    chunk_lease_seconds: Annotated[float, Field(gt=0)] = DEFAULT_LEASE_SECONDS,
     wait_timeout_seconds: Annotated[float, Field(gt=0)] = DEFAULT_WAIT_TIMEOUT_SECONDS,
     poll_interval_seconds: Annotated[float, Field(gt=0)] = DEFAULT_POLL_INTERVAL,
     max_poll_interval_seconds: Annotated[float, Field(gt=0)] = DEFAULT_MAX_POLL_INTERVAL,
@@ -264,6 +378,12 @@ async def generate_videos(
             ``chunk_size`` is split into child flow runs of it, run by any worker.
         ledger: Where the rows' records are: a folder or a storage block name; Prefect's
             result storage by default.
+        chunk_attempts: Child runs a chunk may take: a chunk whose process died (Crashed,
+            or its lease expired while Prefect still shows it Running, as when its worker
+            was killed) is marked Crashed and run again in a new child run, which resumes
+            the rows the dead one submitted without paying for them again.
+        chunk_lease_seconds: How long a chunk's lease lasts after its last renewal: the
+            time a chunk on another machine may go silent before its rows are run again.
         wait_timeout_seconds: How long one row's render may take before the run stops
             waiting for it (a re-run waits again, without paying).
         poll_interval_seconds: First wait between two status reads of a row.
@@ -350,6 +470,8 @@ async def generate_videos(
                 prepared,
                 deployment=chunk_deployment,
                 chunk_size=chunk_size,
+                attempts=chunk_attempts,
+                lease_seconds=chunk_lease_seconds,
                 parameters={
                     "batch_id": plan.batch,
                     "credentials": _block_reference(credentials, "credentials"),
@@ -563,14 +685,19 @@ async def run_chunks(
     chunk_size: int,
     parameters: dict[str, Any],
     progress: BatchProgress,
+    attempts: int = DEFAULT_CHUNK_ATTEMPTS,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
 ) -> list[RowRecord]:
     """Run the rows as child flow runs of ``deployment``; every row's record afterwards."""
     await _fan_out(
         prepared,
+        plan.book,
         deployment=deployment,
         chunk_size=chunk_size,
         parameters=parameters,
         progress=progress,
+        attempts=attempts,
+        lease_seconds=lease_seconds,
     )
     final = await plan.book.read_all(row.key for row in prepared)
     return [

@@ -71,6 +71,7 @@ class LeaseRecord(BaseModel):
     pid: int = Field(description="The holding process's id.")
     acquired_at: datetime = Field(description="When the lease was taken (UTC).")
     expires_at: datetime = Field(description="When it expires unless renewed (UTC).")
+    run_id: str | None = Field(default=None, description="The holding Prefect flow run's id.")
 
     def expired(self, now: datetime) -> bool:
         """Whether the lease is free to take: expired, or its process on this host is gone."""
@@ -121,12 +122,16 @@ class BatchLease:
         holder: str | None = None,
         seconds: float = DEFAULT_LEASE_SECONDS,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        name: str = LEASE_NAME,
+        wait_seconds: float = 0,
     ) -> None:
         if seconds <= 0:
             raise ValueError(f"seconds must be positive; got {seconds!r}")
         self.ledger = ledger
         self.holder = holder or describe_holder()
         self.seconds = seconds
+        self.name = name
+        self.wait_seconds = wait_seconds
         self.lost: str | None = None
         self._log = logger or _logger
         self._etag: str | None = None
@@ -136,9 +141,11 @@ class BatchLease:
     @property
     def where(self) -> str:
         """Where the lease is, for people."""
-        return f"{self.ledger.where}/{LEASE_NAME}"
+        return f"{self.ledger.where}/{self.name}"
 
     def _new_record(self) -> LeaseRecord:
+        from prefect.runtime import flow_run
+
         now = datetime.now(timezone.utc)
         return LeaseRecord(
             holder=self.holder,
@@ -147,10 +154,11 @@ class BatchLease:
             pid=os.getpid(),
             acquired_at=self._record.acquired_at if self._record else now,
             expires_at=now + timedelta(seconds=self.seconds),
+            run_id=str(flow_run.id) if flow_run.id else None,
         )
 
     async def __aenter__(self) -> BatchLease:
-        await self.acquire()
+        await self.acquire_within(self.wait_seconds)
         self._renewer = asyncio.create_task(self._renew_forever())
         return self
 
@@ -161,6 +169,30 @@ class BatchLease:
                 await self._renewer
         with contextlib.suppress(Exception):
             await self.release()
+
+    async def read(self) -> LeaseRecord | None:
+        """The lease as it is now (whoever holds it), None if nobody does."""
+        current = await self._read()
+        return current[0] if current is not None else None
+
+    async def acquire_within(self, seconds: float) -> None:
+        """Take the lease, waiting up to ``seconds`` for a holder that died to let it expire.
+
+        For a run that takes over the work of a killed one: on another machine its lease
+        only frees once it expires. Raises :class:`KandinskyBatchBusyError` after that
+        (at once for ``seconds=0``).
+        """
+        deadline = asyncio.get_running_loop().time() + seconds
+        while True:
+            try:
+                await self.acquire()
+                return
+            except KandinskyBatchBusyError as busy:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    raise
+                self._log.info("Waiting for the lease %s: held by %s", self.where, busy.holder)
+                await asyncio.sleep(min(left, max(0.5, self.seconds / 6)))
 
     async def check_free(self) -> None:
         """Raise :class:`KandinskyBatchBusyError` if a live run holds the lease now.
@@ -225,7 +257,7 @@ class BatchLease:
     async def _take(self, record: LeaseRecord) -> None:
         folder = self.ledger.local_folder
         if folder is not None:
-            await anyio.to_thread.run_sync(_take_local, folder, record)
+            await anyio.to_thread.run_sync(_take_local, folder, record, self.name)
             return
         bucket = _s3(self.ledger)
         if bucket is not None:
@@ -247,7 +279,7 @@ class BatchLease:
     async def _put_own(self, record: LeaseRecord) -> bool:
         folder = self.ledger.local_folder
         if folder is not None:
-            return await anyio.to_thread.run_sync(_renew_local, folder, record)
+            return await anyio.to_thread.run_sync(_renew_local, folder, record, self.name)
         bucket = _s3(self.ledger)
         if bucket is not None:
             etag = await anyio.to_thread.run_sync(_put_s3, bucket, self._key(), record, self._etag)
@@ -266,7 +298,7 @@ class BatchLease:
     async def _read(self) -> tuple[LeaseRecord, str | None] | None:
         folder = self.ledger.local_folder
         if folder is not None:
-            return await anyio.to_thread.run_sync(_read_local, folder)
+            return await anyio.to_thread.run_sync(_read_local, folder, self.name)
         bucket = _s3(self.ledger)
         if bucket is not None:
             return await anyio.to_thread.run_sync(_read_s3, bucket, self._key())
@@ -282,7 +314,7 @@ class BatchLease:
         folder = self.ledger.local_folder
         if folder is not None:
             with contextlib.suppress(FileNotFoundError):
-                await anyio.Path(folder / LEASE_NAME).unlink()
+                await anyio.Path(folder / self.name).unlink()
             return
         bucket = _s3(self.ledger)
         if bucket is not None:
@@ -290,7 +322,7 @@ class BatchLease:
         # other blocks have no delete: the lease expires by itself
 
     def _path(self) -> str:
-        return f"{self.ledger.folder}/{LEASE_NAME}"
+        return f"{self.ledger.folder}/{self.name}"
 
     def _key(self) -> str:
         bucket = _s3(self.ledger)
@@ -301,9 +333,9 @@ class BatchLease:
 # -- local disk ---------------------------------------------------------------------------------
 
 
-def _read_local(folder: Path) -> tuple[LeaseRecord, str | None] | None:
+def _read_local(folder: Path, name: str) -> tuple[LeaseRecord, str | None] | None:
     try:
-        data = (folder / LEASE_NAME).read_bytes()
+        data = (folder / name).read_bytes()
     except FileNotFoundError:
         return None
     return LeaseRecord.model_validate_json(data), None
@@ -321,44 +353,44 @@ def _create_exclusive(path: Path, data: bytes) -> bool:
     return True
 
 
-def _replace(folder: Path, data: bytes) -> None:
-    temp = folder / f".{LEASE_NAME}.{secrets.token_hex(4)}.tmp"
+def _replace(folder: Path, name: str, data: bytes) -> None:
+    temp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
     with temp.open("wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(temp, folder / LEASE_NAME)
+    os.replace(temp, folder / name)
 
 
-def _take_local(folder: Path, record: LeaseRecord) -> None:
+def _take_local(folder: Path, record: LeaseRecord, name: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     data = record.model_dump_json().encode()
     for _ in range(3):
-        if _create_exclusive(folder / LEASE_NAME, data):
+        if _create_exclusive(folder / name, data):
             return
-        current = _read_local(folder)
+        current = _read_local(folder, name)
         if current is None:
             continue  # released in between: try the exclusive create again
         held = current[0]
         if not held.expired(datetime.now(timezone.utc)):
             raise _Busy(held)
         # One taker per expired holding: whoever creates its takeover marker first.
-        marker = folder / f"{LEASE_NAME}.takeover-{held.token}"
+        marker = folder / f"{name}.takeover-{held.token}"
         if not _create_exclusive(marker, data):
-            taken = _read_local(folder)
+            taken = _read_local(folder, name)
             raise _Busy(taken[0] if taken is not None else held)
-        _replace(folder, data)
+        _replace(folder, name, data)
         with contextlib.suppress(FileNotFoundError):
             marker.unlink()
         return
     raise _Busy(record)  # pragma: no cover - three releases in a row
 
 
-def _renew_local(folder: Path, record: LeaseRecord) -> bool:
-    current = _read_local(folder)
+def _renew_local(folder: Path, record: LeaseRecord, name: str) -> bool:
+    current = _read_local(folder, name)
     if current is None or current[0].token != record.token:
         return False
-    _replace(folder, record.model_dump_json().encode())
+    _replace(folder, name, record.model_dump_json().encode())
     return True
 
 

@@ -814,11 +814,15 @@ def is_missing_file(exc: BaseException) -> bool:
     """Whether a block's read failed because the file does not exist.
 
     Blocks signal it in their own ways: FileNotFoundError, a NotFound or NoSuchKey error of
-    their SDK, or LocalFileSystem's ValueError "does not exist".
+    their SDK, botocore's ClientError with code 404 (``S3Bucket.read_path`` heads the object
+    first), or LocalFileSystem's ValueError "does not exist".
     """
+    response = getattr(exc, "response", None)
+    code = str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
     return (
         isinstance(exc, FileNotFoundError)
         or any(word in type(exc).__name__ for word in ("NotFound", "NoSuchKey"))
+        or code in {"404", "NoSuchKey", "NotFound"}
         or "does not exist" in str(exc)
     )
 
