@@ -38,6 +38,7 @@ from prefect.utilities.templating import apply_values
 from prefect.workers.process import ProcessWorker
 
 from prefect_kandinsky import KandinskyCredentials
+from prefect_kandinsky.artifacts import markdown_code
 from prefect_kandinsky.emulator import EmulatorServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -514,7 +515,7 @@ def test_deployments_run_on_a_process_worker(
         assert [] == deployment["schedules"]
         assert "Would you like" not in deployed.deploy_output, "prefect deploy asked"
         (summary,) = [a["data"] for a in artifacts if a["type"] == "markdown"]
-        assert f"`{stored_videos[0]}`" in summary and "file://" not in summary
+        assert markdown_code(stored_videos[0]) in summary and "file://" not in summary
         assert "25 frames at 24 fps" in summary
         assert summary.count("data:image/jpeg;base64,") >= 6, "poster and frames are embedded"
         passed = True
