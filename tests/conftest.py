@@ -21,7 +21,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from prefect_kandinsky import KandinskyCredentials
 
-pytest_plugins = ["s3_fixtures"]
+pytest_plugins = ["s3_fixtures", "callback_fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,11 @@ Prefect API; the submit finds its job there by the nonce of its callback URL.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
+from callback_fixtures import CALLBACK_SECRET
 from prefect import flow
 
 from prefect_kandinsky import KandinskyCredentials, PersistedVideo
@@ -24,37 +23,11 @@ from prefect_kandinsky.tasks import await_video, persist_video, submit_video
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
-SECRET = "receiver-secret-for-adoption-tests"
+SECRET = CALLBACK_SECRET
 LOST_ANSWERS = {
     "500 after commit": {"status_code": 500},
     "cut after sending": {"action": "drop"},
 }
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A test CA (for the emulator to trust) and a certificate for 127.0.0.1 signed by it."""
-    ca = trustme.CA()
-    folder = tmp_path_factory.mktemp("tls")
-    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
-        str(folder / "server.pem")
-    )
-    return str(folder / "ca.pem"), str(folder / "server.pem")
-
-
-@pytest.fixture(scope="module")
-def receiver(
-    kandinsky_emulator_server: EmulatorServer, tls: tuple[str, str], prefect_api: None
-) -> Iterator[WebhookServer]:
-    """The package's receiver over https, emitting real events to the test Prefect API."""
-    credentials = KandinskyCredentials(
-        api_key=kandinsky_emulator_server.api_key,
-        base_url=kandinsky_emulator_server.base_url,
-        webhook_secret=SECRET,
-    )
-    with WebhookServer(credentials, certfile=tls[1]) as server:
-        yield server
 
 
 @pytest.fixture
