@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
+from callback_fixtures import CALLBACK_SECRET
 from prefect import flow
 
 from prefect_kandinsky import KandinskyCredentials, PersistedVideo, generate_video
@@ -19,39 +18,13 @@ from prefect_kandinsky.tasks import await_video, submit_video
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
-SECRET = "receiver-secret-for-tests"
-
-
-@pytest.fixture(scope="module")
-def ca_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """A test CA (for the emulator to trust) and a certificate for 127.0.0.1 signed by it."""
-    ca = trustme.CA()
-    folder = tmp_path_factory.mktemp("tls")
-    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
-        str(folder / "server.pem")
-    )
-    yield str(folder / "ca.pem"), str(folder / "server.pem")
-
-
-@pytest.fixture(scope="module")
-def receiver(
-    kandinsky_emulator_server: EmulatorServer, ca_file: tuple[str, str], prefect_api: None
-) -> Iterator[WebhookServer]:
-    """The package's receiver over https, emitting real events to the test Prefect API."""
-    credentials = KandinskyCredentials(
-        api_key=kandinsky_emulator_server.api_key,
-        base_url=kandinsky_emulator_server.base_url,
-        webhook_secret=SECRET,
-    )
-    with WebhookServer(credentials, certfile=ca_file[1]) as server:
-        yield server
+SECRET = CALLBACK_SECRET
 
 
 @pytest.fixture
-def creds(kandinsky_emulator: EmulatorServer, ca_file: tuple[str, str]) -> KandinskyCredentials:
+def creds(kandinsky_emulator: EmulatorServer, tls: tuple[str, str]) -> KandinskyCredentials:
     """Credentials with the receiver's secret; the emulator trusts the test CA."""
-    kandinsky_emulator.configure(webhook_ca_file=ca_file[0])
+    kandinsky_emulator.configure(webhook_ca_file=tls[0])
     return KandinskyCredentials(
         api_key=kandinsky_emulator.api_key,
         base_url=kandinsky_emulator.base_url,
