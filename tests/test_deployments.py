@@ -1,8 +1,9 @@
 """The deployments of ``deployments/prefect.yaml``: they match their flows, and they run.
 
 The fast tests read the YAML the way ``prefect deploy`` does and hold it against the flows it
-names. The end-to-end test follows the README walkthrough on a real Prefect server, a process
-worker and the gateway emulator, all on loopback, and opens the MP4 that lands on disk.
+names. The end-to-end tests follow the README walkthrough on the suite's Prefect server (a
+server process on loopback), two process workers started once for all of them, and the
+gateway emulator, and open the MP4s that land on disk. The last of them kills a worker.
 """
 
 from __future__ import annotations
@@ -266,18 +267,7 @@ async def test_scheduled_video_pays_once_per_slot(
 
 # -- end to end: server, deploy, worker, run ---------------------------------------------
 
-SAVE_BLOCK = """\
-import os
-from prefect_kandinsky import KandinskyCredentials
-
-KandinskyCredentials(
-    api_key=os.environ["KANDINSKY_API_KEY"],
-    base_url=os.environ["KANDINSKY_BASE_URL"],
-    webhook_secret=os.environ["KANDINSKY_WEBHOOK_SECRET"],
-).save("kandinsky", overwrite=True)
-"""
 WEBHOOK_SECRET = "e2e-webhook-secret"
-SERVER_START_TIMEOUT = 120.0
 COMMAND_TIMEOUT = 120.0
 RUN_TIMEOUT = 180
 
@@ -366,29 +356,14 @@ def _isolated_env(home: Path, api_url: str) -> dict[str, str]:
         {
             "PREFECT_HOME": str(home),
             "PREFECT_API_URL": api_url,
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_SERVER_UI_ENABLED": "false",
             "PREFECT_CLI_PROMPT": "false",
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "1",
-            "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
             "PWD": str(REPO),
             "COLUMNS": "200",
         }
     )
     return env
-
-
-def _wait_until_healthy(api_url: str, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "the Prefect server exited during start-up"
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"the Prefect server did not answer within {SERVER_START_TIMEOUT}s")
 
 
 def _frames(path: Path) -> int:
@@ -404,7 +379,7 @@ def _run_deployment(name: str, **parameters: str) -> list[str]:
 
 @dataclass
 class _Deployed:
-    """A Prefect server on loopback with the block, the pool and every deployment."""
+    """The suite's Prefect server with the block, the pool and every deployment."""
 
     api_url: str
     env: dict[str, str]
@@ -413,31 +388,35 @@ class _Deployed:
 
 @pytest.fixture(scope="module")
 def deployed(
-    kandinsky_emulator_server: EmulatorServer, tmp_path_factory: pytest.TempPathFactory
+    prefect_api: None,
+    kandinsky_emulator_server: EmulatorServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[_Deployed]:
-    """The README walkthrough's steps 1 to 5, once for the module's end-to-end tests."""
+    """The README walkthrough's steps 3 to 5, once for the module's end-to-end tests.
+
+    The server is the suite's own (``prefect_api``, a Prefect server in a process of its
+    own on loopback), so the end-to-end tests do not start one more. The block is saved as
+    step 3 shows; the work pool and the deployments are made by the CLI commands of steps 4
+    and 5, from a new user's shell.
+    """
+    from prefect.settings import PREFECT_API_URL
+
     home = tmp_path_factory.mktemp("e2e")
-    port = _free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
+    api_url = str(PREFECT_API_URL.value())
     env = _isolated_env(home / "prefect-home", api_url)
     processes = _Processes(home / "logs", env)
     ready = False
     try:
-        server = processes.start(
-            "server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-        )
-        _wait_until_healthy(api_url, server)
+        KandinskyCredentials(
+            api_key=kandinsky_emulator_server.api_key,
+            base_url=kandinsky_emulator_server.base_url,
+            webhook_secret=WEBHOOK_SECRET,
+        ).save(CREDENTIALS_BLOCK, overwrite=True)
         processes.start(
-            "save-block",
-            [sys.executable, "-c", SAVE_BLOCK],
-            KANDINSKY_API_KEY=kandinsky_emulator_server.api_key,
-            KANDINSKY_BASE_URL=kandinsky_emulator_server.base_url,
-            KANDINSKY_WEBHOOK_SECRET=WEBHOOK_SECRET,
+            "work-pool",
+            [PREFECT, "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"],
         )
-        processes.start(
-            "work-pool", [PREFECT, "work-pool", "create", WORK_POOL, "--type", "process"]
-        )
-        processes.wait_ok("save-block", "work-pool")
+        processes.wait_ok("work-pool")
         # In a terminal, as a user runs it: a question would hang until the timeout, and
         # accepting prompt defaults must never schedule the paid on-demand deployment.
         deploy = f"{PREFECT} deploy --prefect-file deployments/prefect.yaml --all"
@@ -451,9 +430,49 @@ def deployed(
             processes.dump()
 
 
+@dataclass
+class _Workers:
+    """Two process workers polling the pool, shared by the module's end-to-end tests."""
+
+    processes: _Processes
+    names: dict[str, str]
+    """Each worker's label (its log's name) and its name in the pool."""
+
+    def popen(self, label: str) -> subprocess.Popen[bytes]:
+        return self.processes.started[label]
+
+    def mark(self) -> dict[str, int]:
+        """Where each worker's log ends now: what a test reads starts there."""
+        return {label: len(self.processes.output(label)) for label in self.names}
+
+    def output(self, label: str, since: dict[str, int]) -> str:
+        return self.processes.output(label)[since[label] :]
+
+    def dump(self, since: dict[str, int]) -> None:
+        for label in self.names:
+            print(f"\n===== {label} (since the test began) =====")
+            print("\n".join(self.output(label, since).splitlines()[-200:]))
+
+
+@pytest.fixture(scope="module")
+def workers(deployed: _Deployed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Workers]:
+    """Two process workers, started once (each start costs seconds of CPU): every end-to-end
+    test runs its flow runs on them, and the last one kills a worker."""
+    processes = _Processes(tmp_path_factory.mktemp("workers"), deployed.env)
+    names = {label: f"{label}-{uuid4().hex[:8]}" for label in ("worker-a", "worker-b")}
+    try:
+        for label, name in names.items():
+            processes.start(
+                label, [PREFECT, "worker", "start", "--pool", WORK_POOL, "--name", name]
+            )
+        yield _Workers(processes, names)
+    finally:
+        processes.stop_all()
+
+
 @pytest.mark.e2e
 def test_deployments_run_on_a_process_worker(
-    deployed: _Deployed, kandinsky_emulator: EmulatorServer, tmp_path: Path
+    deployed: _Deployed, workers: _Workers, kandinsky_emulator: EmulatorServer, tmp_path: Path
 ) -> None:
     """Deployed from the YAML, on-demand stores a 25-frame MP4; two runs of one slot pay once."""
     api_url = deployed.api_url
@@ -466,9 +485,9 @@ def test_deployments_run_on_a_process_worker(
         "poll_interval_seconds": "0.05",
     }
     processes = _Processes(tmp_path / "logs", deployed.env)
+    since = workers.mark()
     passed = False
     try:
-        processes.start("worker", [PREFECT, "worker", "start", "--pool", WORK_POOL])
         processes.start(
             "on-demand",
             _run_deployment(
@@ -523,6 +542,7 @@ def test_deployments_run_on_a_process_worker(
         processes.stop_all()
         if not passed:
             processes.dump()
+            workers.dump(since)
 
 
 RUN_BATCH = """
@@ -537,16 +557,15 @@ print("COUNTS", json.dumps(result.counts))
 
 @pytest.mark.e2e
 def test_a_batch_shared_by_two_workers_pays_each_row_once(
-    deployed: _Deployed, kandinsky_emulator: EmulatorServer, tmp_path: Path
+    deployed: _Deployed, workers: _Workers, kandinsky_emulator: EmulatorServer, tmp_path: Path
 ) -> None:
     """Two chunks of four rows on two process workers: each row paid once, within the limit.
 
-    Which worker takes which chunk is the server's choice (one may take both, one after the
-    other): the test asserts what is guaranteed, that each row was submitted once, that each
-    chunk completed after one of the two workers took it up, and that both polled the pool.
+    Which worker takes which chunk is the server's choice (one may take both): the test
+    asserts what is guaranteed, that each row was submitted once, that each chunk completed
+    after one of the two workers took it up, and that both polled the pool.
     """
     limit = f"kandinsky-submits-{uuid4().hex[:8]}"
-    workers = {name: f"{name}-{uuid4().hex[:8]}" for name in ("worker-a", "worker-b")}
     with httpx.Client(base_url=deployed.api_url, timeout=10) as api:
         created = api.post(
             "/v2/concurrency_limits/",
@@ -574,18 +593,14 @@ def test_a_batch_shared_by_two_workers_pays_each_row_once(
         "chunk_size": 4,
         "chunk_deployment": "generate-videos-chunk/chunks",
         "rate_limit": limit,
-        "max_concurrency": 4,  # without the limit, four submits per worker would overlap
+        "max_concurrency": 4,  # without the limit, four submits per chunk would overlap
         "poll_interval_seconds": 0.05,
         "max_poll_interval_seconds": 0.2,
     }
     processes = _Processes(tmp_path / "logs", deployed.env)
+    since = workers.mark()
     passed = False
     try:
-        for worker, name in workers.items():  # one run at a time each
-            processes.start(
-                worker,
-                [PREFECT, "worker", "start", "--pool", WORK_POOL, "--limit", "1", "--name", name],
-            )
         processes.start("batch", [sys.executable, "-c", RUN_BATCH, json.dumps(options)])
         processes.wait_ok("batch", timeout=RUN_TIMEOUT)
 
@@ -596,8 +611,10 @@ def test_a_batch_shared_by_two_workers_pays_each_row_once(
         assert 1 <= kandinsky_emulator.state.max_submits_in_flight <= 2
         assert 8 == len(list((tmp_path / "videos").glob("*.mp4")))
         ran = {
-            worker: re.findall(r"submitting flow run '([0-9a-f-]{36})'", processes.output(worker))
-            for worker in workers
+            label: re.findall(
+                r"submitting flow run '([0-9a-f-]{36})'", workers.output(label, since)
+            )
+            for label in workers.names
         }
         with httpx.Client(base_url=deployed.api_url, timeout=10) as api:
             chunks = api.get("/deployments/name/generate-videos-chunk/chunks").json()
@@ -614,12 +631,13 @@ def test_a_batch_shared_by_two_workers_pays_each_row_once(
         # A worker logs "submitting" before it claims the run: when both take up the same run,
         # one is turned away, so a run may show in both logs; each must show in one at least.
         assert {run["id"] for run in chunk_runs} <= {*ran["worker-a"], *ran["worker-b"]}, ran
-        assert set(workers.values()) <= {worker["name"] for worker in polled}, polled
+        assert set(workers.names.values()) <= {worker["name"] for worker in polled}, polled
         passed = True
     finally:
         processes.stop_all()
         if not passed:
             processes.dump()
+            workers.dump(since)
 
 
 def _ledger_records(folder: Path) -> dict[str, dict[str, Any]]:
@@ -645,74 +663,6 @@ def _chunk_working(ledger: Path, label: str, row_ids: list[str]) -> dict[str, An
     return None
 
 
-@pytest.mark.e2e
-def test_a_chunk_killed_with_its_worker_is_finished_by_the_other_without_paying_twice(
-    deployed: _Deployed, kandinsky_emulator: EmulatorServer, tmp_path: Path
-) -> None:
-    """SIGKILL of a worker and its chunk mid-render: another worker finishes it, one submit
-    per row, and the batch's run ends Completed."""
-    kandinsky_emulator.configure(processing_seconds=2.0)
-    rows = [
-        {
-            "id": f"row-{n}",
-            "prompt": f"Scene {n}: the tide goes out.",
-            "image": kandinsky_emulator.sample_image_url,
-            "resolution": "256P",
-            "duration": "1s",
-        }
-        for n in range(1, 7)
-    ]
-    ledger = tmp_path / "ledger"
-    options = {
-        "rows": rows,
-        "batch_id": f"e2e-{uuid4().hex[:8]}",
-        "credentials": CREDENTIALS_BLOCK,
-        "destination": str(tmp_path / "videos"),
-        "ledger": str(ledger),
-        "chunk_size": 3,
-        "chunk_deployment": "generate-videos-chunk/chunks",
-        "chunk_lease_seconds": 6,
-        "max_concurrency": 3,
-        "poll_interval_seconds": 0.05,
-        "max_poll_interval_seconds": 0.2,
-    }
-    processes = _Processes(tmp_path / "logs", deployed.env)
-    passed = False
-    try:
-        workers = {
-            name: processes.start(
-                name, [PREFECT, "worker", "start", "--pool", WORK_POOL, "--limit", "1"]
-            )
-            for name in ("worker-a", "worker-b")
-        }
-        processes.start("batch", [sys.executable, "-c", RUN_BATCH, json.dumps(options)])
-        lease = _until(
-            "chunk 1 renders its rows",
-            lambda: _chunk_working(ledger, "1-of-2", ["row-1", "row-2", "row-3"]),
-        )
-        chunk_pid = int(lease["pid"])
-        victim = next(n for n, w in workers.items() if chunk_pid in _descendants(w.pid))
-        for pid in (workers[victim].pid, *_descendants(workers[victim].pid)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        workers[victim].wait(timeout=10)
-        processes.wait_ok("batch", timeout=RUN_TIMEOUT)
-
-        assert 'COUNTS {"stored": 6}' in processes.output("batch")
-        assert 6 == kandinsky_emulator.state.count("submit"), "one submit per row"
-        prompts = sorted(job.prompt for job in kandinsky_emulator.state.jobs())
-        assert sorted(row["prompt"] for row in rows) == prompts, "each row submitted once"
-        assert 6 == len(list((tmp_path / "videos").glob("*.mp4")))
-        assert "Chunk 1-of-2 lost its process (attempt 1 of 3" in processes.output("batch")
-        survivor = next(n for n in workers if n != victim)
-        assert "generate-videos-chunk-1-of-2" in processes.output(survivor)
-        passed = True
-    finally:
-        processes.stop_all()
-        if not passed:
-            processes.dump()
-
-
 def _flow_run_state(api_url: str, flow_run_id: str) -> dict[str, Any]:
     with httpx.Client(base_url=api_url, timeout=10) as api:
         state: dict[str, Any] = api.get(f"/flow_runs/{flow_run_id}").json()["state"]
@@ -736,7 +686,7 @@ def _started_run(processes: _Processes, name: str) -> str:
 
 @pytest.mark.e2e
 def test_a_suspended_run_holds_nothing_until_its_video_is_done(
-    deployed: _Deployed, kandinsky_emulator: EmulatorServer, tmp_path: Path
+    deployed: _Deployed, workers: _Workers, kandinsky_emulator: EmulatorServer, tmp_path: Path
 ) -> None:
     """Submit, suspend with no process left, resume on the completion event; a lost one is swept.
 
@@ -759,6 +709,7 @@ def test_a_suspended_run_holds_nothing_until_its_video_is_done(
     receiver_url = f"https://127.0.0.1:{port}"
     videos = tmp_path / "videos"
     processes = _Processes(tmp_path / "logs", deployed.env)
+    since = workers.mark()
     passed = False
     try:
         processes.start(
@@ -775,7 +726,6 @@ def test_a_suspended_run_holds_nothing_until_its_video_is_done(
                 str(port),
             ],
         )
-        worker = processes.start("worker", [PREFECT, "worker", "start", "--pool", WORK_POOL])
         _until(
             "the receiver answers",
             lambda: _healthy(f"{receiver_url}/healthz", str(tmp_path / "ca.pem")),
@@ -805,7 +755,11 @@ def test_a_suspended_run_holds_nothing_until_its_video_is_done(
             lambda: _all_in(deployed, ("PAUSED",), run_id, lost_id),
         )
         assert ["Suspended", "Suspended"] == [s["name"] for s in states]
-        _until("the flow-run processes exit", lambda: not _descendants(worker.pid), timeout=15)
+        _until(
+            "the flow-run processes exit",
+            lambda: not any(_descendants(workers.popen(label).pid) for label in workers.names),
+            timeout=15,
+        )
         assert ["PROCESSING", "PROCESSING"] == [
             kandinsky_emulator.state.job(job.request_id).status.value
             for job in kandinsky_emulator.state.jobs()
@@ -843,6 +797,7 @@ def test_a_suspended_run_holds_nothing_until_its_video_is_done(
         processes.stop_all()
         if not passed:
             processes.dump()
+            workers.dump(since)
 
 
 def _states(deployed: _Deployed, *flow_run_ids: str) -> list[dict[str, Any]]:
@@ -865,3 +820,71 @@ def _healthy(url: str, ca_file: str) -> bool:
     with contextlib.suppress(httpx.HTTPError):
         return httpx.get(url, verify=ca_file, timeout=2).status_code == 200
     return False
+
+
+@pytest.mark.e2e
+def test_a_chunk_killed_with_its_worker_is_finished_by_the_other_without_paying_twice(
+    deployed: _Deployed, workers: _Workers, kandinsky_emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """SIGKILL of a worker and its chunk mid-render: another worker finishes it, one submit
+    per row, and the batch's run ends Completed.
+
+    The last test of the module: it kills one of the shared workers."""
+    kandinsky_emulator.configure(processing_seconds=2.0)
+    rows = [
+        {
+            "id": f"row-{n}",
+            "prompt": f"Scene {n}: the tide goes out.",
+            "image": kandinsky_emulator.sample_image_url,
+            "resolution": "256P",
+            "duration": "1s",
+        }
+        for n in range(1, 7)
+    ]
+    ledger = tmp_path / "ledger"
+    options = {
+        "rows": rows,
+        "batch_id": f"e2e-{uuid4().hex[:8]}",
+        "credentials": CREDENTIALS_BLOCK,
+        "destination": str(tmp_path / "videos"),
+        "ledger": str(ledger),
+        "chunk_size": 3,
+        "chunk_deployment": "generate-videos-chunk/chunks",
+        "chunk_lease_seconds": 6,
+        "max_concurrency": 3,
+        "poll_interval_seconds": 0.05,
+        "max_poll_interval_seconds": 0.2,
+    }
+    processes = _Processes(tmp_path / "logs", deployed.env)
+    since = workers.mark()
+    passed = False
+    try:
+        processes.start("batch", [sys.executable, "-c", RUN_BATCH, json.dumps(options)])
+        lease = _until(
+            "chunk 1 renders its rows",
+            lambda: _chunk_working(ledger, "1-of-2", ["row-1", "row-2", "row-3"]),
+        )
+        chunk_pid = int(lease["pid"])
+        victim = next(
+            label for label in workers.names if chunk_pid in _descendants(workers.popen(label).pid)
+        )
+        for pid in (workers.popen(victim).pid, *_descendants(workers.popen(victim).pid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        workers.popen(victim).wait(timeout=10)
+        processes.wait_ok("batch", timeout=RUN_TIMEOUT)
+
+        assert 'COUNTS {"stored": 6}' in processes.output("batch")
+        assert 6 == kandinsky_emulator.state.count("submit"), "one submit per row"
+        prompts = sorted(job.prompt for job in kandinsky_emulator.state.jobs())
+        assert sorted(row["prompt"] for row in rows) == prompts, "each row submitted once"
+        assert 6 == len(list((tmp_path / "videos").glob("*.mp4")))
+        assert "Chunk 1-of-2 lost its process (attempt 1 of 3" in processes.output("batch")
+        survivor = next(label for label in workers.names if label != victim)
+        assert "generate-videos-chunk-1-of-2" in workers.output(survivor, since)
+        passed = True
+    finally:
+        processes.stop_all()
+        if not passed:
+            processes.dump()
+            workers.dump(since)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -967,21 +968,15 @@ def test_cli_sets_the_submit_latency() -> None:
 
 
 def test_cli_serves_until_interrupted() -> None:
-    """``python -m prefect_kandinsky.emulator`` prints its URLs and key, serves, stops on Ctrl-C."""
+    """``python -m prefect_kandinsky.emulator`` prints its URLs and key, serves, stops on Ctrl-C.
+
+    It starts with SIGINT ignored, as a background job of a non-interactive shell does (and as
+    Python leaves it): Ctrl-C (SIGINT) must stop it all the same.
+    """
+    emulator = f"{shlex.quote(sys.executable)} -m prefect_kandinsky.emulator"
+    options = "--port 0 --cdn-port 0 --api-key cli-key --balance 0"
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect_kandinsky.emulator",
-            "--port",
-            "0",
-            "--cdn-port",
-            "0",
-            "--api-key",
-            "cli-key",
-            "--balance",
-            "0",
-        ],
+        ["sh", "-c", f"trap '' INT; exec {emulator} {options}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

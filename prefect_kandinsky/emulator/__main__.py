@@ -164,8 +164,11 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     stop = threading.Event()
+    # Both signals set the event, also when SIGINT came in ignored (a background job of a
+    # non-interactive shell inherits SIGINT as "ignore", and Python keeps it so).
     with contextlib.suppress(ValueError):  # not the main thread: Ctrl-C still works
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        for stopping in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stopping, lambda *_: stop.set())
     try:
         print("Kandinsky 5.0 Pro gateway emulator")
         print(f"  gateway:  {server.base_url}")
