@@ -16,13 +16,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from prefect_kandinsky import KandinskyCredentials
-from prefect_kandinsky.batch.flows import generate_videos
+from prefect_kandinsky.batch.flows import generate_videos, stuck_before_running
 from prefect_kandinsky.batch.lease import BatchLease, KandinskyBatchBusyError
 from prefect_kandinsky.batch.ledger import Ledger
 from prefect_kandinsky.batch.result import BatchResult
@@ -363,3 +364,18 @@ async def test_a_ledger_in_an_s3_bucket_reads_rows_it_has_not_seen_as_new(s3_buc
     """A row without a record in an S3 ledger (moto answers 404 to its HEAD) reads as new."""
     ledger = Ledger(s3_bucket, "catalogue-2026-11")
     assert {} == await ledger.read_all(["catalogue-2026-11:row-1", "catalogue-2026-11:row-2"])
+
+
+def test_a_chunk_taken_up_by_a_worker_that_died_before_starting_it_is_lost() -> None:
+    """A child run left Pending (its worker died between taking it up and starting its
+    process) counts as lost after twice the lease time, and not before; other states never."""
+    from prefect.states import Pending, Running, Scheduled
+
+    now = datetime.now(timezone.utc)
+    pending_since = {age: Pending(timestamp=now - timedelta(seconds=age)) for age in (11, 13)}
+
+    assert not stuck_before_running(pending_since[11], now, lease_seconds=6)
+    assert stuck_before_running(pending_since[13], now, lease_seconds=6)
+    for state in (Scheduled(), Running()):
+        state.timestamp = now - timedelta(hours=1)
+        assert not stuck_before_running(state, now, lease_seconds=6)

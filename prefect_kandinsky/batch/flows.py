@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 
 from prefect import flow
 from prefect.blocks.core import Block
+from prefect.client.schemas.objects import State
 from prefect.filesystems import WritableFileSystem
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run as runtime_flow_run
@@ -133,6 +134,15 @@ def chunk_lease_name(label: str) -> str:
     return f"chunk-{label}.lease.json"
 
 
+def stuck_before_running(state: State[Any], now: datetime, lease_seconds: float) -> bool:
+    """Whether a child run a worker took up (Pending) has not started its flow-run process
+    within twice the chunk's lease time: its worker died in between, and no one else will
+    start it (Prefect leaves such a run Pending for ever)."""
+    if not state.is_pending() or state.timestamp is None:
+        return False
+    return (now - state.timestamp).total_seconds() > lease_seconds * 2
+
+
 @dataclass
 class _Chunk:
     """One chunk of a fanned-out batch, run (and re-run once lost) as child flow runs."""
@@ -149,12 +159,14 @@ class _Chunk:
         """
         child = await client.read_flow_run(child_id)
         state = child.state
+        now = datetime.now(timezone.utc)
         if state is not None and state.is_final():
             return "lost" if state.is_crashed() else state.name
+        if state is not None and stuck_before_running(state, now, lease_seconds):
+            return "lost"
         if state is None or not state.is_running():
-            return None  # scheduled or pending: no worker has it yet
+            return None  # scheduled (no worker has it yet) or starting
         held = await self.lease.read()
-        now = datetime.now(timezone.utc)
         if held is not None and held.run_id == str(child_id):
             self.lease_seen.add(str(child_id))
             return "lost" if held.expired(now) else None
