@@ -97,3 +97,17 @@ def test_undecodable_bytes_raise_a_decode_error() -> None:
     """Bytes that are not an image raise ImageDecodeError, which the engine reports as FAILED."""
     with pytest.raises(ImageDecodeError, match="not a decodable image"):
         render_video(b"<html>not an image</html>", height=256, seconds=1)
+
+
+def test_a_clip_asked_for_again_is_served_from_memory() -> None:
+    """Rendering is deterministic, so the same image, height and length are encoded once."""
+    image = sample_image_bytes()
+
+    first = render_video(image, height=256, seconds=1)
+
+    assert first is render_video(image, height=256, seconds=1)
+    taller = render_video(image, height=258, seconds=1)
+    assert taller is not first and (258, 25) == (
+        probe_video(taller).height,
+        probe_video(taller).frames,
+    )

@@ -15,11 +15,18 @@ Example:
 PyAV, Pillow and NumPy come with the ``emulator`` extra; they are imported only when a video
 is rendered (the encoding is `prefect_kandinsky.media.previews.encode_mp4`'s), so the rest of the
 emulator imports without them.
+
+Rendering is deterministic: the same image, height, length and rate give the same bytes. The
+last clips rendered (up to ``RENDER_CACHE_BYTES``) are kept and served again, so a batch or a
+test suite animating one sample image a hundred times encodes it once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -43,6 +50,43 @@ ENCODER_OPTIONS = {"preset": "veryfast", "crf": "23"}
 
 RESOLUTION_HEIGHTS: dict[str, int] = {"256P": 256, "512P": 512, "1024P": 1024}
 """Output height in pixels for each resolution preset."""
+
+RENDER_CACHE_BYTES = 32 * 1024 * 1024
+"""The most bytes of rendered clips kept for reuse (least recently used first out)."""
+
+_RenderKey = tuple[bytes, int, int, int]
+
+
+class _RenderCache:
+    """The last clips rendered, by (image digest, height, seconds, fps); thread-safe."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._clips: OrderedDict[_RenderKey, bytes] = OrderedDict()
+        self._size = 0
+
+    def get(self, key: _RenderKey) -> bytes | None:
+        with self._lock:
+            clip = self._clips.get(key)
+            if clip is not None:
+                self._clips.move_to_end(key)
+            return clip
+
+    def put(self, key: _RenderKey, clip: bytes) -> None:
+        if len(clip) > self.limit:
+            return
+        with self._lock:
+            if key in self._clips:
+                return
+            self._clips[key] = clip
+            self._size += len(clip)
+            while self._size > self.limit:
+                _, dropped = self._clips.popitem(last=False)
+                self._size -= len(dropped)
+
+
+_RENDERED = _RenderCache(RENDER_CACHE_BYTES)
 
 
 class ImageDecodeError(ValueError):
@@ -95,12 +139,22 @@ def render_video(image: bytes, *, height: int, seconds: int, fps: int = FPS) -> 
         ImageDecodeError: ``image`` is not a decodable image.
         ValueError: ``height`` or ``seconds`` is not positive.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     if height <= 0 or height % 2:
         raise ValueError(f"height must be a positive even number of pixels; got {height}")
     if seconds <= 0:
         raise ValueError(f"seconds must be positive; got {seconds}")
+    key = (hashlib.sha256(image).digest(), height, seconds, fps)
+    clip = _RENDERED.get(key)
+    if clip is None:
+        clip = _render(image, height=height, seconds=seconds, fps=fps)
+        _RENDERED.put(key, clip)
+    return clip
+
+
+def _render(image: bytes, *, height: int, seconds: int, fps: int) -> bytes:
+    """Decode ``image`` and encode the clip (``render_video`` without its checks and cache)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
         with Image.open(io.BytesIO(image)) as opened:
             source = ImageOps.exif_transpose(opened).convert("RGB")
