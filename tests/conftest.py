@@ -1,7 +1,8 @@
 """Shared fixtures, and the order the files are handed to the xdist workers.
 
 The Prefect API (one test harness per worker, shared by the end-to-end tests) comes from
-``prefect_server``; the gateway emulator's fixtures (``kandinsky_emulator``,
+``prefect_server``; the end-to-end tests' deployments and workers from
+``deployment_fixtures``; the gateway emulator's fixtures (``kandinsky_emulator``,
 ``kandinsky_emulator_server``) from the package's own pytest plugin; S3 through moto's server
 mode from ``s3_fixtures``; https callbacks from ``callback_fixtures``.
 """
@@ -15,20 +16,24 @@ import pytest
 if TYPE_CHECKING:
     from prefect_kandinsky import KandinskyCredentials
 
-pytest_plugins = ["prefect_server", "s3_fixtures", "callback_fixtures"]
+pytest_plugins = ["prefect_server", "deployment_fixtures", "s3_fixtures", "callback_fixtures"]
 
 HANDED_OUT_FIRST = (
-    "test_deployments.py",  # to worker 1: the end-to-end tests, the longest file by far
-    "test_cli.py",  # to worker 2
-    "test_models.py",  # worker 1's second file (each worker gets two at first): a short one
-    "test_batch.py",  # then the longest of the rest, to whichever worker runs out first
-    "test_flows.py",
+    "test_deployments.py",  # worker 1: the end-to-end tests, which mostly wait on processes
+    "test_cli.py",  # worker 2: the command line's subprocesses
+    "test_batch.py",  # worker 3
+    "test_deployments_batches.py",  # worker 1 again (each worker gets two files at first):
+    # the other end-to-end tests, on the same deployments and process workers
+    "test_flows.py",  # then the longest of the rest, to whichever worker runs out first
     "test_webhooks.py",
     "test_batch_resume.py",
+    "test_batch_adoption.py",
+    "test_artifacts.py",
 )
-"""The order xdist hands the files out in (``--dist loadfile --no-loadscope-reorder``): the
-longest first, so that no worker is still on a long file when the other has run out of work.
-The rest follow in their usual order."""
+"""The order xdist hands the files out in (``-n 3 --dist loadfile --no-loadscope-reorder``):
+the longest first, so that no worker is still on a long file when the others have run out of
+work, and both end-to-end files on one worker, which deploys once. The rest follow in their
+usual order."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
