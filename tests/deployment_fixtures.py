@@ -252,10 +252,32 @@ def workers(deployed: Deployed) -> Workers:
     return deployed.workers
 
 
+class _RetryBusy(httpx.HTTPTransport):
+    """Sends a request again while the server answers 503 or 429, as Prefect's own client
+    does: the server answers 503 while its SQLite database is locked by another writer."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        deadline = time.monotonic() + 60
+        delay = 0.2
+        while True:
+            response = super().handle_request(request)
+            if response.status_code not in (429, 503) or time.monotonic() > deadline:
+                return response
+            response.read()
+            response.close()
+            time.sleep(float(response.headers.get("Retry-After", delay)))
+            delay = min(delay * 2, 2.0)
+
+
+def prefect_api(api_url: str) -> httpx.Client:
+    """A client of the test server's API that rides out its busy answers."""
+    return httpx.Client(base_url=api_url, timeout=10, transport=_RetryBusy())
+
+
 def create_flow_run(api_url: str, deployment: str, **parameters: object) -> str:
     """A run of ``deployment`` created through the API, as ``prefect deployment run`` creates
     it, without the seconds of CPU a CLI process costs; its id."""
-    with httpx.Client(base_url=api_url, timeout=10) as api:
+    with prefect_api(api_url) as api:
         found = api.get(f"/deployments/name/{deployment}")
         assert 200 == found.status_code, found.text
         created = api.post(
@@ -267,7 +289,7 @@ def create_flow_run(api_url: str, deployment: str, **parameters: object) -> str:
 
 
 def flow_run_state(api_url: str, flow_run_id: str) -> dict[str, Any]:
-    with httpx.Client(base_url=api_url, timeout=10) as api:
+    with prefect_api(api_url) as api:
         state: dict[str, Any] = api.get(f"/flow_runs/{flow_run_id}").json()["state"]
         return state
 

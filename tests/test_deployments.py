@@ -37,6 +37,7 @@ from deployment_fixtures import (
     flow_run_state,
     frames,
     free_port,
+    prefect_api,
     run_deployment,
     until,
 )
@@ -316,7 +317,7 @@ def test_deployments_run_on_a_process_worker(
 
         match = re.search(r"UUID: ([0-9a-f-]{36})", processes.output("on-demand"))
         assert match, processes.output("on-demand")
-        with httpx.Client(base_url=api_url, timeout=10) as api:
+        with prefect_api(api_url) as api:
             flow_run = api.get(f"/flow_runs/{match.group(1)}").json()
             deployment = api.get("/deployments/name/generate-video/on-demand").json()
             daily = api.get("/deployments/name/scheduled-video/daily").json()

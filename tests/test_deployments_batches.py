@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-import httpx
 import pytest
 from deployment_fixtures import (
     CREDENTIALS_BLOCK,
@@ -27,6 +26,7 @@ from deployment_fixtures import (
     Processes,
     Workers,
     descendants,
+    prefect_api,
     until,
 )
 
@@ -53,7 +53,7 @@ def test_a_batch_shared_by_two_workers_pays_each_row_once(
     after one of the two workers took it up, and that both polled the pool.
     """
     limit = f"kandinsky-submits-{uuid4().hex[:8]}"
-    with httpx.Client(base_url=deployed.api_url, timeout=10) as api:
+    with prefect_api(deployed.api_url) as api:
         created = api.post(
             "/v2/concurrency_limits/",
             json={"name": limit, "limit": 2, "slot_decay_per_second": 2.0},
@@ -103,7 +103,7 @@ def test_a_batch_shared_by_two_workers_pays_each_row_once(
             )
             for label in workers.names
         }
-        with httpx.Client(base_url=deployed.api_url, timeout=10) as api:
+        with prefect_api(deployed.api_url) as api:
             chunks = api.get("/deployments/name/generate-videos-chunk/chunks").json()
             chunk_runs = [
                 run
