@@ -50,6 +50,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from starlette.types import ASGIApp, Message
 
 from prefect_kandinsky.gateway.models import JobStatus
+from prefect_kandinsky.gateway.tls import default_tls_context
 from prefect_kandinsky.serving import ServingThread, bind
 
 from .app import DropConnection, create_cdn_app, create_gateway_app
@@ -185,7 +186,10 @@ class EmulatorEngine:
     def _render_loop(self) -> None:
         renders = self._renders
         with httpx.Client(
-            timeout=self.fetch_timeout, follow_redirects=True, headers={"User-Agent": USER_AGENT}
+            timeout=self.fetch_timeout,
+            follow_redirects=True,
+            headers={"User-Agent": USER_AGENT},
+            verify=default_tls_context(),
         ) as client:
             while True:
                 task = renders.get()
@@ -286,7 +290,7 @@ class EmulatorEngine:
                 client.close()
 
     def _webhook_client(self, ca_file: str | None) -> httpx.Client:
-        verify: ssl.SSLContext | bool = True
+        verify = default_tls_context()
         if ca_file is not None:
             verify = ssl.create_default_context()
             verify.load_verify_locations(cafile=ca_file)

@@ -98,6 +98,7 @@ from prefect_kandinsky.gateway.models import (
     status_path,
     submit_path,
 )
+from prefect_kandinsky.gateway.tls import default_tls_context
 
 _Kind = Literal["submit", "status", "media"]
 StatusCallback = Callable[[StatusResponse], "Awaitable[None] | None"]
@@ -354,6 +355,7 @@ class KandinskyClient:
             ),
             follow_redirects=False,
             event_hooks={"request": [self._guard_key]},
+            verify=default_tls_context(),
         )
 
     def __repr__(self) -> str:

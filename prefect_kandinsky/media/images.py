@@ -78,6 +78,7 @@ from prefect_kandinsky.gateway.constants import (
     MAX_IMAGE_CHECK_BYTES,
 )
 from prefect_kandinsky.gateway.exceptions import KandinskyImageError
+from prefect_kandinsky.gateway.tls import default_tls_context
 from prefect_kandinsky.media.addresses import (
     ALLOW_PRIVATE_IMAGES_ENV,
     ALLOW_PRIVATE_IMAGES_PARAMETER,
@@ -436,6 +437,7 @@ def _plain_client(timeout: float, *, connections: int) -> httpx.AsyncClient:
         timeout=httpx.Timeout(timeout),
         limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
         follow_redirects=False,
+        verify=default_tls_context(),
         # A jar that refuses every cookie: nothing a host sets is sent anywhere.
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
     )

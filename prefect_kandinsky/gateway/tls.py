@@ -1,0 +1,33 @@
+"""One TLS context per process, shared by every HTTPS client the package opens.
+
+A new ``httpx.AsyncClient`` builds its own TLS context and loads the whole CA bundle into it:
+about 30 ms of CPU on every client, before a byte is sent. A flow opens a client per task (the
+submit, the wait, the download) and one per image check, so a batch of a thousand rows spent
+minutes of CPU loading the same certificates again. The context is built once, the first time
+a client asks for it, the way httpx builds its default (``SSL_CERT_FILE`` or ``SSL_CERT_DIR``
+when set, certifi's bundle otherwise), and reused: an ``ssl.SSLContext`` is safe to share
+between clients, threads and event loops as long as nobody changes it, and nothing here does.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+
+import httpx
+
+_lock = threading.Lock()
+_context: ssl.SSLContext | None = None
+
+
+def default_tls_context() -> ssl.SSLContext:
+    """The process's verifying TLS context, built by the first caller and shared after that.
+
+    Do not modify it: pass your own ``ssl.SSLContext`` where a client needs other settings.
+    """
+    global _context
+    if _context is None:
+        with _lock:
+            if _context is None:
+                _context = httpx.create_ssl_context()
+    return _context
