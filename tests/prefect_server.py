@@ -87,8 +87,14 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     Its event persister writes every 0.5 s instead of 5 s, so a test that reads events back
     from the API waits for them a tenth as long. A deployment whose concurrency slot is taken
     tries again after 1 s rather than 30 s.
+
+    The API is plain HTTP on 127.0.0.1, yet every Prefect client (Prefect makes one per flow
+    run, and more) loads a CA bundle into a TLS context of its own: about 30 ms of CPU each.
+    The suite's clients load a one-certificate file instead.
     """
+    import trustme
     from prefect.settings import (
+        PREFECT_API_SSL_CERT_FILE,
         PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW,
         PREFECT_RESULTS_LOCAL_STORAGE_PATH,
         PREFECT_SERVER_ANALYTICS_ENABLED,
@@ -99,11 +105,14 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness
 
     results = tmp_path_factory.mktemp("prefect-results")
+    one_certificate = tmp_path_factory.mktemp("prefect-api-tls") / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(one_certificate))
     with ExitStack() as stack:
         stack.enter_context(
             temporary_settings(
                 {
                     PREFECT_RESULTS_LOCAL_STORAGE_PATH: results,
+                    PREFECT_API_SSL_CERT_FILE: str(one_certificate),
                     PREFECT_SERVER_ANALYTICS_ENABLED: False,
                     PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore",
                     PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL: 0.5,
