@@ -20,22 +20,42 @@ if TYPE_CHECKING:
 
 pytest_plugins = ["prefect_server", "deployment_fixtures", "s3_fixtures", "callback_fixtures"]
 
+END_TO_END = ("test_deployments.py", "test_deployments_batches.py")
+"""The files whose end-to-end tests share one set of deployments and process workers: xdist
+hands them to one worker as one unit (see ``pytest_xdist_make_scheduler``), which deploys
+once."""
+
 HANDED_OUT_FIRST = (
-    "test_deployments.py",  # worker 1: the end-to-end tests, which mostly wait on processes
-    "test_cli.py",  # worker 2: the command line's subprocesses
-    "test_batch.py",  # worker 3
-    "test_deployments_batches.py",  # worker 1 again (each worker gets two files at first):
-    # the other end-to-end tests, on the same deployments and process workers
-    "test_flows.py",  # then the longest of the rest, to whichever worker runs out first
-    "test_webhooks.py",
+    *END_TO_END,  # one worker: mostly waiting on processes; its harness migrates the template
+    "test_emulator_http.py",  # the other two: files without a Prefect API while the
+    "test_import.py",  # template database is being migrated, so that no core idles
+    "test_storage.py",
+    "test_client.py",
+    "test_cli.py",  # then the longest first, so that no worker is still on a long file
+    "test_batch.py",  # when the others have run out of work
+    "test_flows.py",
     "test_batch_resume.py",
     "test_batch_adoption.py",
+    "test_webhooks.py",
     "test_artifacts.py",
 )
 """The order xdist hands the files out in (``-n 3 --dist loadfile --no-loadscope-reorder``):
-the longest first, so that no worker is still on a long file when the others have run out of
-work, and both end-to-end files on one worker, which deploys once. The rest follow in their
-usual order."""
+each worker takes the next file when it has two tests left. The rest follow in their usual
+order."""
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile``, with the ``END_TO_END`` files one unit of work."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class EndToEndTogether(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            scope: str = super()._split_scope(nodeid)
+            return "end-to-end" if Path(scope).name in END_TO_END else scope
+
+    return EndToEndTogether(config, log)
 
 
 def pytest_configure(config: pytest.Config) -> None:
