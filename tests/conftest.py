@@ -45,7 +45,9 @@ order."""
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``--dist loadfile``, with the ``END_TO_END`` files one unit of work."""
+    """``--dist loadfile``, with the ``END_TO_END`` files one unit of work, and no other file
+    queued behind them: they are the run's longest chain, so their worker takes more work only
+    once they are done."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
@@ -54,6 +56,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         def _split_scope(self, nodeid: str) -> str:
             scope: str = super()._split_scope(nodeid)
             return "end-to-end" if Path(scope).name in END_TO_END else scope
+
+        def _reschedule(self, node: Any) -> None:
+            end_to_end = self.assigned_work.get(node, {}).get("end-to-end", {})
+            if not all(end_to_end.values()) and self.workqueue:
+                return
+            super()._reschedule(node)
 
     return EndToEndTogether(config, log)
 
