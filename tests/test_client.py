@@ -863,7 +863,7 @@ async def test_clients_load_the_ca_bundle_once_per_process(
         load(context, *args, **kwargs)
 
     monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
-    monkeypatch.setattr(tls, "_context", None)
+    tls.default_tls_context.cache_clear()
     clients = [KandinskyClient(api_key="a-key") for _ in range(20)]
     for client in clients:
         await client.aclose()

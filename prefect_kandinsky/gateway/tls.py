@@ -11,23 +11,17 @@ between clients, threads and event loops as long as nobody changes it, and nothi
 
 from __future__ import annotations
 
+import functools
 import ssl
-import threading
 
 import httpx
 
-_lock = threading.Lock()
-_context: ssl.SSLContext | None = None
 
-
+@functools.cache
 def default_tls_context() -> ssl.SSLContext:
-    """The process's verifying TLS context, built by the first caller and shared after that.
+    """The process's verifying TLS context, built by the first caller and shared after that
+    (two threads calling first at once may each build one; either serves).
 
     Do not modify it: pass your own ``ssl.SSLContext`` where a client needs other settings.
     """
-    global _context
-    if _context is None:
-        with _lock:
-            if _context is None:
-                _context = httpx.create_ssl_context()
-    return _context
+    return httpx.create_ssl_context()
