@@ -270,8 +270,12 @@ class _RetryBusy(httpx.HTTPTransport):
 
 
 def prefect_api(api_url: str) -> httpx.Client:
-    """A client of the test server's API that rides out its busy answers."""
-    return httpx.Client(base_url=api_url, timeout=10, transport=_RetryBusy())
+    """A client of the test server's API that rides out its busy answers. It takes the
+    package's one TLS context rather than loading the CA bundle again on every poll."""
+    from prefect_kandinsky.gateway.tls import default_tls_context
+
+    transport = _RetryBusy(verify=default_tls_context())
+    return httpx.Client(base_url=api_url, timeout=10, transport=transport)
 
 
 def create_flow_run(api_url: str, deployment: str, **parameters: object) -> str:
